@@ -1,0 +1,103 @@
+"""Loading and validating user files (scenarios, case files, sweeps) with clear errors.
+
+Every problem with a user's file becomes an :class:`InputError` naming the file, the key
+path inside it and the problem. The CLI prints it and exits with status 2, with no
+traceback. Validation is strict: unknown keys and wrong types are errors, never ignored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+
+class InputError(Exception):
+    """A problem with a user's input: which file, where in it, and what is wrong."""
+
+    def __init__(self, file: str | Path, keypath: str, problem: str) -> None:
+        self.file = str(file)
+        self.keypath = keypath
+        self.problem = problem
+        where = f"{self.file}: {keypath}" if keypath else self.file
+        super().__init__(f"{where}: {problem}")
+
+
+class StrictModel(BaseModel):
+    """Base for every schema: unknown keys are errors, and no silent type coercion."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def format_keypath(loc: Sequence[int | str]) -> str:
+    """``("servers", 2, "port", 0)`` -> ``servers[2].port[0]``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Read a YAML file with ``safe_load``; a missing file or bad YAML is an InputError."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(p, "", "file not found") from None
+    except IsADirectoryError:
+        raise InputError(p, "", "is a directory, not a file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(p, "", f"cannot be read: {exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise InputError(p, where, f"invalid YAML: {problem}") from None
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _describe(err: dict[str, Any]) -> str:
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    msg = str(err.get("msg", "invalid value"))
+    msg = msg.removeprefix("Value error, ")
+    if "input" in err and kind not in {"model_type", "dict_type"}:
+        return f"{msg} (got {err['input']!r})"
+    return msg
+
+
+def validate(model: type[M], data: Any, file: str | Path, prefix: Sequence[int | str] = ()) -> M:
+    """Validate ``data`` against ``model``; the first problem becomes an InputError.
+
+    All problems are listed in the message, the first one names the key path.
+    """
+    if data is None:
+        data = {}
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        first = errors[0]
+        keypath = format_keypath([*prefix, *first["loc"]])
+        problem = _describe(dict(first))
+        if len(errors) > 1:
+            more = "; ".join(
+                f"{format_keypath([*prefix, *e['loc']]) or '(top level)'}: {_describe(dict(e))}"
+                for e in errors[1:6]
+            )
+            extra = f" (and {len(errors) - 6} more)" if len(errors) > 6 else ""
+            problem = f"{problem}; also {more}{extra}"
+        raise InputError(file, keypath or "(top level)", problem) from None
