@@ -29,6 +29,67 @@ def _cmd_select(args: argparse.Namespace) -> int:
     return status
 
 
+def _tty_progress(label: str) -> Callable[[float, float], None] | None:
+    """A simulated-time progress bar on a terminal; nothing at all otherwise."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    bar = tqdm(total=100, desc=label, unit="%", leave=False, file=sys.stderr)
+
+    def report(now: float, end: float) -> None:
+        bar.n = min(100, int(100 * now / end)) if end else 100
+        bar.refresh()
+
+    return report
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from sim.scenario import load_scenario
+
+    for path in args.files:
+        scenario = load_scenario(path)
+        print(f"{path}: ok ({scenario.name}, sha256 {scenario.sha256()[:12]})")
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from sim.results import correctness_warning, format_table
+    from sim.runner import default_run_dir, run_to_directory
+    from sim.scenario import load_scenario, parse_override
+
+    overrides = [parse_override(text) for text in args.set or []]
+    scenario = load_scenario(args.scenario, overrides)
+    seed = scenario.seed if args.seed is None else args.seed
+    if args.out is not None:
+        out_dir = Path(args.out)
+        if out_dir.exists():
+            raise InputError(out_dir, "--out", "already exists; results are never overwritten")
+    else:
+        out_dir = default_run_dir(Path(args.results), scenario, seed)
+    rows, totals = run_to_directory(
+        scenario,
+        seed,
+        out_dir,
+        base_dir=Path(args.scenario).parent,
+        scenario_file=str(args.scenario),
+        trace=args.trace,
+        progress=None if args.no_progress else _tty_progress(scenario.name),
+        argv=["vgpu-sim", *sys.argv[1:]],
+    )
+    x = scenario.xen
+    print(
+        f"{scenario.name}: design {x.design}, rangeset {x.rangeset}, "
+        f"max_nr_io_ranges {x.max_nr_io_ranges}, seed {seed}"
+    )
+    print(format_table(rows, totals))
+    warning = correctness_warning(totals)
+    if warning:
+        print(warning)
+    print(f"results: {out_dir}")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vgpu-sim",
@@ -55,6 +116,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cases", nargs="+", metavar="CASES.yaml", help="case file(s)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only mismatches")
     p.set_defaults(func=_cmd_select)
+
+    p = sub.add_parser(
+        "validate",
+        help="check scenario files without running them",
+        description="Load and fully validate scenario files (schema, presets, CSVs).",
+    )
+    p.add_argument("files", nargs="+", metavar="SCENARIO.yaml")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser(
+        "run",
+        help="run one scenario and write its results",
+        description=(
+            "Run one scenario through the SimPy model and write manifest.json and "
+            "summary.csv (and trace.csv with --trace) to results/<scenario>/<run-id>/, "
+            "or to --out DIR. The directory appears only when the run succeeds."
+        ),
+    )
+    p.add_argument("scenario", metavar="SCENARIO.yaml")
+    p.add_argument("--seed", type=int, help="override the scenario's seed")
+    p.add_argument("--out", metavar="DIR", help="write the run to DIR (must not exist)")
+    p.add_argument(
+        "--results", default="results", metavar="ROOT", help="results root (default: results)"
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY.PATH=VALUE",
+        help="override a scenario value, e.g. --set xen.rangeset=rbtree "
+        "--set guests[0].vgpu.ppgtt.live_pages=4096 (repeatable)",
+    )
+    p.add_argument("--trace", action="store_true", help="also write trace.csv, one row per access")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar even on a TTY")
+    p.set_defaults(func=_cmd_run)
     return parser
 
 

@@ -1,0 +1,113 @@
+"""One run, end to end: scenario -> model -> result directory (or an in-memory record)."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from sim.model import RunResult, Simulation, Trap
+from sim.results import (
+    atomic_directory,
+    dump_json,
+    manifest,
+    summarize,
+    summary_csv,
+    totals,
+    write_text_atomic,
+)
+from sim.scenario import Scenario
+
+TRACE_COLUMNS = (
+    "vcpu",
+    "kind",
+    "access",
+    "dir",
+    "address",
+    "size",
+    "server",
+    "visits",
+    "t_trap_ns",
+    "t_selected_ns",
+    "t_served_ns",
+    "t_resumed_ns",
+)
+
+
+def _trace_writer(fh: TextIO) -> Callable[[Trap], None]:
+    w = csv.writer(fh, lineterminator="\n")
+    w.writerow(TRACE_COLUMNS)
+
+    def write(t: Trap) -> None:
+        a = t.access
+        w.writerow(
+            (
+                t.vcpu.name,
+                t.kind,
+                a.kind,
+                "write" if a.is_write else "read",
+                f"{a.addr:#x}",
+                a.size,
+                t.handler,
+                t.visits,
+                f"{t.t_trap:.1f}",
+                f"{t.t_selected:.1f}",
+                f"{t.t_served:.1f}",
+                f"{t.t_resumed:.1f}",
+            )
+        )
+
+    return write
+
+
+def default_run_dir(root: Path, scenario: Scenario, seed: int) -> Path:
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    base = root / scenario.name / f"{stamp}-seed{seed}-{scenario.sha256()[:8]}"
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+def run_to_directory(
+    scenario: Scenario,
+    seed: int,
+    out_dir: Path,
+    *,
+    base_dir: Path,
+    scenario_file: str | None,
+    trace: bool = False,
+    progress: Callable[[float, float], None] | None = None,
+    argv: list[str] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Run and write ``manifest.json``, ``summary.csv`` (and ``trace.csv``) atomically."""
+    started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    with atomic_directory(out_dir) as tmp:
+        trace_fh = (tmp / "trace.csv").open("w", encoding="utf-8", newline="") if trace else None
+        try:
+            sink = _trace_writer(trace_fh) if trace_fh is not None else None
+            sim = Simulation(scenario, seed, base_dir=base_dir, trace=sink)
+            result = sim.run(progress=progress)
+        finally:
+            if trace_fh is not None:
+                trace_fh.close()
+        rows = summarize(result)
+        man = manifest(
+            scenario,
+            seed,
+            result,
+            scenario_file=scenario_file,
+            argv=argv if argv is not None else sys.argv,
+            started_utc=started,
+        )
+        write_text_atomic(tmp / "summary.csv", summary_csv(rows))
+        write_text_atomic(tmp / "manifest.json", dump_json(man))
+    return rows, man["totals"]
+
+
+def run_in_memory(scenario: Scenario, seed: int, base_dir: Path) -> RunResult:
+    return Simulation(scenario, seed, base_dir=base_dir).run()

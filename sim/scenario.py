@@ -1,0 +1,556 @@
+"""Scenario files: schema, platform presets, ``--set`` overrides and loading.
+
+A scenario is an inert description (Ciw's idea): validated in full before any SimPy
+object exists. Every default number below names its source in its ``description``, with
+the tags of ``shared/reference/cost-anchors.md``: [CODE] read from source, [PUB] a
+published figure, [HERE] measured on this project's machines, [ASSUMPTION] a proposed
+default with no primary number, to be swept rather than trusted.
+
+Durations carry their unit in the key name (``_ns``, ``_ms``). Simulated time is in ns.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import hashlib
+import json
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import Field, model_validator
+
+from sim.inputs import InputError, StrictModel, load_yaml, validate
+
+SCHEMA_VERSION = 1
+PRESET_DIR = Path(__file__).parent / "presets"
+PLATFORMS = ("hsw", "bdw")
+ACCESS_KINDS = ("mmio", "pio", "ppgtt_write", "other")
+
+NonNeg = Annotated[float, Field(ge=0)]
+Positive = Annotated[float, Field(gt=0)]
+Addr = Annotated[int, Field(ge=0, le=(1 << 64) - 1)]
+
+
+# -- distributions --------------------------------------------------------------------
+class ConstantDist(StrictModel):
+    dist: Literal["constant"]
+    value_ns: NonNeg
+
+
+class ExponentialDist(StrictModel):
+    dist: Literal["exponential"]
+    mean_ns: Positive
+
+
+class UniformDist(StrictModel):
+    dist: Literal["uniform"]
+    low_ns: NonNeg
+    high_ns: NonNeg
+
+    @model_validator(mode="after")
+    def _ordered(self) -> UniformDist:
+        if self.low_ns > self.high_ns:
+            raise ValueError(f"low_ns ({self.low_ns}) is above high_ns ({self.high_ns})")
+        return self
+
+
+class LognormalDist(StrictModel):
+    """Parameterised by its mean (ns) and the standard deviation of its logarithm."""
+
+    dist: Literal["lognormal"]
+    mean_ns: Positive
+    sigma: NonNeg
+
+
+class EmpiricalDist(StrictModel):
+    """Resampled with replacement from a CSV column of ns values (path relative to the
+    scenario file). ``column`` names a header column; without it the first column."""
+
+    dist: Literal["empirical"]
+    file: str
+    column: str | None = None
+
+
+Dist = Annotated[
+    ConstantDist | ExponentialDist | UniformDist | LognormalDist | EmpiricalDist,
+    Field(discriminator="dist"),
+]
+
+
+def const(ns: float) -> ConstantDist:
+    return ConstantDist(dist="constant", value_ns=ns)
+
+
+def expo(ns: float) -> ExponentialDist:
+    return ExponentialDist(dist="exponential", mean_ns=ns)
+
+
+def lognorm(ns: float, sigma: float) -> LognormalDist:
+    return LognormalDist(dist="lognormal", mean_ns=ns, sigma=sigma)
+
+
+# -- the model's parts ----------------------------------------------------------------------
+class XenConfig(StrictModel):
+    design: Literal["xen-4.6", "wp-split", "p2m-ioreq-server"] = Field(
+        "xen-4.6",
+        description="How write-protected PPGTT pages are tracked; see sim.ioreq. wp-split "
+        "is f5a32c5b8e (reverted, never released); p2m-ioreq-server is Xen 4.9+.",
+    )
+    rangeset: Literal["list", "rbtree"] = Field(
+        "list",
+        description="list: Xen's linked list (4.5..master). rbtree: proposed by the 2015 "
+        "series, never landed upstream.",
+    )
+    max_nr_io_ranges: Annotated[int, Field(ge=0)] | None = Field(
+        256,
+        description="[CODE] MAX_NR_IO_RANGES = 256 (xen/include/asm-x86/hvm/domain.h "
+        "@4.6). Intel's XenGT tree: 512 (intel/Igvtg-xen 4bc17c1aef). null: unlimited.",
+    )
+    mmio_window: Literal["xen-4.6", "xen-4.12"] = Field(
+        "xen-4.6", description="[CODE] 4.6 ignores df; 4.12 is direction-aware (60a56dc006)."
+    )
+
+
+class Costs(StrictModel):
+    """Hypervisor-side cost of each step of a trap, in ns; every one may be set to 0."""
+
+    vmexit_ns: NonNeg = Field(
+        350,
+        description="[PUB] half of a 0.7 us exit+entry round trip (SplitX: ~2,000 cycles "
+        "on Nehalem; cost-anchors §1.3). The even split is an [ASSUMPTION].",
+    )
+    vmentry_ns: NonNeg = Field(350, description="[PUB] the other half; see vmexit_ns.")
+    mmio_decode_ns: NonNeg = Field(
+        1100,
+        description="[PUB] instruction decode + emulation ~3,300 cycles (kvm-unit-tests "
+        "00bfecaa, cost-anchors §1.3). Charged to MMIO and PPGTT-write exits.",
+    )
+    pio_decode_ns: NonNeg = Field(
+        300,
+        description="[ASSUMPTION] an I/O-instruction exit carries port and size in the "
+        "exit qualification, so it needs far less decoding than MMIO.",
+    )
+    visit_ns: NonNeg = Field(
+        15,
+        description="[PUB]+[HERE] one rangeset node visit, a dependent load that hits a "
+        "warm L3 (cost-anchors §1.5: 1 ns L1 .. 170 ns DRAM).",
+    )
+    p2m_lookup_ns: NonNeg = Field(
+        50,
+        description="[ASSUMPTION] get_page_from_gfn()/p2m type query on the selection "
+        "path (wp-split and p2m-ioreq-server designs).",
+    )
+    ioreq_send_ns: NonNeg = Field(
+        500,
+        description="[ASSUMPTION] copy the ioreq into the shared page and "
+        "notify_via_xen_event_channel(); part of the ~10 us round trip (cost-anchors §1.4).",
+    )
+    vcpu_wake_ns: NonNeg = Field(
+        1000,
+        description="[ASSUMPTION] event channel back from dom0, unblock and reschedule the "
+        "vCPU, hvm_do_resume(); part of the ~10 us round trip (cost-anchors §1.4).",
+    )
+    hypercall_ns: NonNeg = Field(
+        1000,
+        description="[ASSUMPTION] fixed cost of one map/unmap hypercall from dom0, on top "
+        "of its rangeset visits.",
+    )
+
+
+class Host(StrictModel):
+    pcpus: Annotated[int, Field(ge=1)] | None = Field(
+        None,
+        description="[ASSUMPTION] physical CPUs that handle exits and resumes; guest vCPUs "
+        "are pinned round-robin. null: one pCPU per guest vCPU (no contention).",
+    )
+    dom0_vcpus: Annotated[int, Field(ge=1)] | None = Field(
+        None,
+        description="dom0 vCPUs shared by all device-model threads of all guests (gVirt "
+        "ran 7 vGPUs, gScale 15: cost-anchors §1.6). null: each thread has its own.",
+    )
+
+
+class ServiceTimes(StrictModel):
+    """Device-model service time per trap kind; kinds not given use ``default``."""
+
+    default: Dist
+    mmio: Dist | None = None
+    pio: Dist | None = None
+    ppgtt_write: Dist | None = None
+    other: Dist | None = None
+
+    def for_kind(self, kind: str) -> ConstantDist | ExponentialDist | UniformDist | LognormalDist | EmpiricalDist:
+        chosen = getattr(self, kind)
+        return chosen if chosen is not None else self.default
+
+
+class DeviceModel(StrictModel):
+    workers: Annotated[int, Field(ge=1)] = Field(
+        1,
+        description="[CODE] threads serving this server's ioreqs; GVT-g's xengt.c runs one "
+        "emulation kthread per vGPU (xengt_emulation_thread).",
+    )
+    wakeup: Dist = Field(
+        default_factory=lambda: expo(4000),
+        description="[ASSUMPTION] dom0 wake-up of an idle worker (event-channel IRQ to "
+        "kthread), charged only when the worker was idle. Mean anchored on KVM's extra "
+        "~13,000 cycles to reach a user-space device model (kvm-unit-tests 00bfecaa).",
+    )
+    service: ServiceTimes
+
+
+def _xengt_service() -> ServiceTimes:
+    return ServiceTimes(
+        default=lognorm(2000, 0.5),  # [ASSUMPTION] register emulation in the kernel
+        ppgtt_write=lognorm(3000, 0.5),  # [ASSUMPTION] a shadow PTE update costs more
+    )
+
+
+def _qemu_service() -> ServiceTimes:
+    return ServiceTimes(default=lognorm(5000, 0.5))  # [ASSUMPTION] user-space QEMU
+
+
+class Ppgtt(StrictModel):
+    live_pages: Annotated[int, Field(ge=0)] = Field(
+        description="Page-table pages write-protected per vGPU at steady state; from the "
+        "platform preset unless given."
+    )
+    pages_per_ppgtt: Annotated[int, Field(ge=1)] = Field(
+        description="Pages in one PPGTT; from the platform preset unless given."
+    )
+    max_pages_per_ppgtt: Annotated[int, Field(ge=1)] = Field(
+        description="[CODE] geometry bound from the platform preset (i915_gem_gtt.h)."
+    )
+    lifetime_ms: Positive | None = Field(
+        None,
+        description="[ASSUMPTION] each PPGTT is destroyed (pages unprotected) and replaced "
+        "by a fresh one after this long; null: PPGTTs live for the whole run.",
+    )
+    contiguity: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.0,
+        description="[ASSUMPTION] probability that a PPGTT's next page frame follows the "
+        "previous one; adjacent pages merge into one rangeset node (rangeset.c).",
+    )
+
+    @model_validator(mode="after")
+    def _fits_geometry(self) -> Ppgtt:
+        if self.pages_per_ppgtt > self.max_pages_per_ppgtt:
+            raise ValueError(
+                f"pages_per_ppgtt ({self.pages_per_ppgtt}) exceeds max_pages_per_ppgtt "
+                f"({self.max_pages_per_ppgtt}) of the platform"
+            )
+        return self
+
+
+class Vgpu(StrictModel):
+    bar0_mmio: tuple[Addr, Addr] = Field(
+        (0xF7800000, 0xF7BFFFFF),
+        description="[PUB] HSW BAR0, 2 MB MMIO + 2 MB GTT, trapped as one range "
+        "(intel/XenGT-Preview-xen issue #27 boot log).",
+    )
+    vga_ports: tuple[Addr, Addr] = Field(
+        (0x3B0, 0x3DF), description="[PUB] trapped PIO range in the same boot log."
+    )
+    pci: str = Field("00:02.0", description="[CODE] the integrated GPU's PCI address.")
+    mmio_read_fraction: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.5, description="[ASSUMPTION] share of register MMIO traps that are reads."
+    )
+    ppgtt: Ppgtt
+    device_model: DeviceModel = Field(
+        default_factory=lambda: DeviceModel(service=_xengt_service()),
+        description="The XenGT ioreq server's device model.",
+    )
+
+    @model_validator(mode="after")
+    def _ranges_ordered(self) -> Vgpu:
+        for key in ("bar0_mmio", "vga_ports"):
+            s, e = getattr(self, key)
+            if s > e:
+                raise ValueError(f"{key}: start {s:#x} is above end {e:#x}")
+        if not re.fullmatch(r"[0-9a-fA-F]{1,2}:[0-1]?[0-9a-fA-F]\.[0-7]", self.pci):
+            raise ValueError(f"pci: {self.pci!r} is not a 'bus:dev.fn' address in hex")
+        return self
+
+
+class OtherDevices(StrictModel):
+    """Devices QEMU emulates; their traps miss every XenGT rangeset."""
+
+    mmio: tuple[Addr, Addr] = Field(
+        (0xFEBF0000, 0xFEBFFFFF),
+        description="[ASSUMPTION] a NIC BAR above the GPU BAR, so a list walk passes "
+        "every XenGT node before missing.",
+    )
+    ports: tuple[Addr, Addr] = Field((0xC000, 0xC03F), description="[ASSUMPTION] an I/O BAR.")
+    mmio_fraction: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.5, description="[ASSUMPTION] share of 'other' traps that are MMIO rather than PIO."
+    )
+
+    @model_validator(mode="after")
+    def _ranges_ordered(self) -> OtherDevices:
+        for key in ("mmio", "ports"):
+            s, e = getattr(self, key)
+            if s > e:
+                raise ValueError(f"{key}: start {s:#x} is above end {e:#x}")
+        return self
+
+
+class Mix(StrictModel):
+    """Share of each trap kind; the shares must sum to 1."""
+
+    mmio: Annotated[float, Field(ge=0)] = 0.55
+    pio: Annotated[float, Field(ge=0)] = 0.05
+    ppgtt_write: Annotated[float, Field(ge=0)] = 0.30
+    other: Annotated[float, Field(ge=0)] = 0.10
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> Mix:
+        total = self.mmio + self.pio + self.ppgtt_write + self.other
+        if not math.isclose(total, 1.0, rel_tol=0, abs_tol=1e-9):
+            raise ValueError(f"shares must sum to 1, they sum to {total:g}")
+        return self
+
+
+class Guest(StrictModel):
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
+    vcpus: Annotated[int, Field(ge=1)] = 1
+    think: Dist = Field(
+        default_factory=lambda: expo(50_000),
+        description="[ASSUMPTION] guest run time between traps: 20,000 traps/s per vCPU, "
+        "inside the 1e3..1e5 range of cost-anchors §1.6 (trap rates not published).",
+    )
+    mix: Mix = Field(default_factory=Mix, description="[ASSUMPTION] trap mix.")
+    ram_mb: Annotated[int, Field(ge=16)] = Field(
+        2048,
+        description="[PUB] XenGT 2016-Q1 release: at least 2 GB guest memory for 3D "
+        "(cost-anchors §1.6). Page-table frames are drawn from it.",
+    )
+    vgpu: Vgpu
+    other_devices: OtherDevices = Field(default_factory=OtherDevices)
+    qemu: DeviceModel = Field(
+        default_factory=lambda: DeviceModel(service=_qemu_service()),
+        description="QEMU, the default ioreq server.",
+    )
+
+
+class Scenario(StrictModel):
+    schema_version: Literal[1]
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    description: str = ""
+    platform: Literal["hsw", "bdw"]
+    seed: Annotated[int, Field(ge=0)] = 0
+    duration_ms: Positive
+    warmup_ms: NonNeg = 0.0
+    max_accesses: Annotated[int, Field(ge=1)] | None = None
+    xen: XenConfig = Field(default_factory=XenConfig)
+    costs: Costs = Field(default_factory=Costs)
+    host: Host = Field(default_factory=Host)
+    guests: Annotated[list[Guest], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Scenario:
+        if self.warmup_ms >= self.duration_ms:
+            raise ValueError(
+                f"warmup_ms ({self.warmup_ms}) must be below duration_ms ({self.duration_ms})"
+            )
+        names = [g.name for g in self.guests]
+        if len(set(names)) != len(names):
+            raise ValueError(f"guest names must be unique, got {names}")
+        return self
+
+    def config(self) -> dict[str, Any]:
+        """The effective configuration, defaults included, as plain JSON data."""
+        return self.model_dump(mode="json")
+
+    def sha256(self) -> str:
+        canonical = json.dumps(self.config(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# -- presets and overrides ------------------------------------------------------------------
+def load_preset(platform: str) -> dict[str, Any]:
+    """The preset's values (``sim/presets/<platform>.yaml``), to merge under a guest."""
+    data = yaml.safe_load((PRESET_DIR / f"{platform}.yaml").read_text(encoding="utf-8"))
+    assert isinstance(data, dict)
+    return data
+
+
+def _merge_under(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top`` wins; nested dicts merge."""
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge_under(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+_PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def split_keypath(keypath: str) -> list[str | int]:
+    """``guests[0].vcpus`` or ``guests.0.vcpus`` -> ``["guests", 0, "vcpus"]``."""
+    parts: list[str | int] = []
+    pos = 0
+    for m in _PATH_PART.finditer(keypath):
+        between = keypath[pos : m.start()]
+        if between not in ("", "."):
+            raise ValueError(f"cannot parse key path {keypath!r}")
+        pos = m.end()
+        if m.group(2) is not None:
+            parts.append(int(m.group(2)))
+        else:
+            name = m.group(1)
+            parts.append(int(name) if name.isdigit() else name)
+    if not parts or pos != len(keypath):
+        raise ValueError(f"cannot parse key path {keypath!r}")
+    return parts
+
+
+def set_keypath(data: dict[str, Any], keypath: str, value: Any, source: str) -> None:
+    """Set ``value`` at ``keypath`` in raw scenario data, creating mappings as needed.
+
+    The schema decides afterwards whether the key exists; indexing past the end of a
+    list, or into a scalar, is an error here.
+    """
+    try:
+        parts = split_keypath(keypath)
+    except ValueError as exc:
+        raise InputError(source, keypath, str(exc)) from None
+    node: Any = data
+    for depth, part in enumerate(parts[:-1]):
+        here = ".".join(str(p) for p in parts[: depth + 1])
+        if isinstance(part, int):
+            if not isinstance(node, list) or part >= len(node):
+                raise InputError(source, keypath, f"{here}: no such list item")
+            node = node[part]
+        else:
+            if not isinstance(node, dict):
+                raise InputError(source, keypath, f"{here}: not a mapping")
+            node = node.setdefault(part, {})
+    last = parts[-1]
+    if isinstance(last, int):
+        if not isinstance(node, list) or last >= len(node):
+            raise InputError(source, keypath, "no such list item")
+        node[last] = value
+    else:
+        if not isinstance(node, dict):
+            raise InputError(source, keypath, "parent is not a mapping")
+        node[last] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``KEY.PATH=VALUE`` with VALUE read as a YAML scalar or flow collection."""
+    if "=" not in text:
+        raise InputError("--set", text, "expected KEY.PATH=VALUE")
+    key, _, raw = text.partition("=")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise InputError("--set", key, f"value {raw!r} is not valid YAML: {exc}") from None
+    return key.strip(), value
+
+
+def expand(raw: Any, file: str | Path) -> dict[str, Any]:
+    """Fill the name and merge the platform preset under each guest, before validation."""
+    if not isinstance(raw, dict):
+        raise InputError(file, "(top level)", "a scenario must be a mapping of keys")
+    data = copy.deepcopy(raw)
+    data.setdefault("name", Path(file).stem)
+    platform = data.get("platform")
+    guests = data.get("guests")
+    if platform in PLATFORMS and isinstance(guests, list):
+        preset = load_preset(platform)
+        data["guests"] = [
+            _merge_under({"vgpu": {"ppgtt": preset["ppgtt"]}}, g) if isinstance(g, dict) else g
+            for g in guests
+        ]
+    return data
+
+
+def scenario_from_data(
+    raw: Any, file: str | Path, overrides: list[tuple[str, Any]] | None = None
+) -> Scenario:
+    """Apply overrides, expand presets, validate; empirical CSVs are checked too."""
+    data = copy.deepcopy(raw) if raw is not None else {}
+    if not isinstance(data, dict):
+        raise InputError(file, "(top level)", "a scenario must be a mapping of keys")
+    for key, value in overrides or []:
+        set_keypath(data, key, value, f"{file} (--set)")
+    scenario = validate(Scenario, expand(data, file), file)
+    base = Path(file).parent
+    for keypath, dist in iter_dists(scenario):
+        if isinstance(dist, EmpiricalDist):
+            read_empirical(base, dist, file, keypath)
+    return scenario
+
+
+def load_scenario(path: str | Path, overrides: list[tuple[str, Any]] | None = None) -> Scenario:
+    """Load and fully validate a scenario file."""
+    return scenario_from_data(load_yaml(path), path, overrides)
+
+
+def iter_dists(scenario: Scenario) -> list[tuple[str, Any]]:
+    """Every distribution in a scenario with its key path (for checks and samplers)."""
+    out: list[tuple[str, Any]] = []
+    for gi, g in enumerate(scenario.guests):
+        out.append((f"guests[{gi}].think", g.think))
+        for dm_key, dm in (("vgpu.device_model", g.vgpu.device_model), ("qemu", g.qemu)):
+            out.append((f"guests[{gi}].{dm_key}.wakeup", dm.wakeup))
+            for kind in ("default", *ACCESS_KINDS):
+                d = getattr(dm.service, kind)
+                if d is not None:
+                    out.append((f"guests[{gi}].{dm_key}.service.{kind}", d))
+    return out
+
+
+_EMPIRICAL_CACHE: dict[tuple[str, str | None], list[float]] = {}
+
+
+def read_empirical(
+    base: Path, dist: EmpiricalDist, file: str | Path, keypath: str
+) -> list[float]:
+    """Values of an empirical distribution's CSV column; errors name the scenario key."""
+    path = (base / dist.file).resolve()
+    cache_key = (str(path), dist.column)
+    if cache_key in _EMPIRICAL_CACHE:
+        return _EMPIRICAL_CACHE[cache_key]
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+    except OSError as exc:
+        raise InputError(file, f"{keypath}.file", f"cannot read {dist.file}: {exc}") from None
+    if not rows:
+        raise InputError(file, f"{keypath}.file", f"{dist.file} has no values")
+    col = 0
+    header = rows[0]
+    try:
+        float(header[0])
+        has_header = False
+    except ValueError:
+        has_header = True
+    if dist.column is not None:
+        if not has_header or dist.column not in header:
+            raise InputError(file, f"{keypath}.column", f"{dist.file} has no column {dist.column!r}")
+        col = header.index(dist.column)
+    values: list[float] = []
+    for lineno, row in enumerate(rows[1:] if has_header else rows, start=2 if has_header else 1):
+        try:
+            v = float(row[col])
+        except (ValueError, IndexError):
+            raise InputError(
+                file, f"{keypath}.file", f"{dist.file} row {lineno}: not a number"
+            ) from None
+        if not math.isfinite(v) or v < 0:
+            raise InputError(
+                file, f"{keypath}.file", f"{dist.file} row {lineno}: {v} is not a duration >= 0"
+            )
+        values.append(v)
+    if not values:
+        raise InputError(file, f"{keypath}.file", f"{dist.file} has no values")
+    _EMPIRICAL_CACHE[cache_key] = values
+    return values
