@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from typing import Literal
 
-from sim.rangeset import U64_MAX, Rangeset, RangesetFull, RangesetImpl
+from sim.rangeset import U64_MAX, Rangeset, RangesetImpl
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
@@ -92,7 +92,7 @@ def pci_sbdf(bus: int, dev: int, fn: int, seg: int = 0) -> int:
     return (seg << 16) | ((bus & 0xFF) << 8) | ((dev & 0x1F) << 3) | (fn & 7)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Access:
     """A trapped guest access, as ``hvmemul_do_io()`` builds its ioreq."""
 
@@ -209,114 +209,156 @@ class IoreqDomain:
         return server
 
     # -- hypercalls ------------------------------------------------------------------------
-    def map_io_range(self, server: IoreqServer, rtype: RangeType, s: int, e: int) -> int:
-        """``HVMOP_map_io_range_to_ioreq_server``; returns the nodes visited.
+    # Each hypercall has a return-code core (the model's hot path: no exceptions) and a
+    # raising wrapper for users and tests. Errno names follow Xen's return values.
 
-        ``-EEXIST`` when ``[s, e]`` overlaps a range already in that set, else the result
-        of ``rangeset_add_range()`` (``-ENOMEM`` at the limit). Visits: one ``find_range``
+    def map_io_range_rc(
+        self, server: IoreqServer, rtype: RangeType, s: int, e: int
+    ) -> tuple[str | None, int]:
+        """``HVMOP_map_io_range_to_ioreq_server``: ``(errno name or None, nodes visited)``.
+
+        ``EEXIST`` when ``[s, e]`` overlaps a range already in that set, else the result
+        of ``rangeset_add_range()`` (``ENOMEM`` at the limit). Visits: one ``find_range``
         for the overlap check and two for the add (xen-semantics.md §6).
         """
-        if s > e:
-            # 4.6 only ASSERTs; -EINVAL since the XSA-238 fix d59e55b018 (4.10).
-            raise HypercallError("EINVAL", f"start {s:#x} above end {e:#x}")
-        r = self._rangeset(server, rtype)
-        visits = r.lookup_visits(e)
-        if r.overlaps_range(s, e):
-            raise HypercallError("EEXIST", f"[{s:#x}, {e:#x}] overlaps {r.name}", visits)
-        visits += r.lookup_visits(s) + r.lookup_visits(e)
-        try:
-            r.add_range(s, e)
-        except RangesetFull as exc:
-            raise HypercallError("ENOMEM", f"{r.name} is full ({r.limit} ranges)", visits) from exc
+        r, rc = self._rangeset_rc(server, rtype, s, e)
+        if r is None:
+            return rc, 0
+        _, overlaps, visits_s, visits_e = r.probe(s, e)
+        if overlaps:
+            return "EEXIST", visits_e
+        visits = visits_e + visits_s + visits_e
+        return (None if r.try_add_range(s, e) else "ENOMEM"), visits
+
+    def unmap_io_range_rc(
+        self, server: IoreqServer, rtype: RangeType, s: int, e: int
+    ) -> tuple[str | None, int]:
+        """``HVMOP_unmap_io_range_from_ioreq_server``: ``(errno name or None, visits)``.
+
+        ``ENOENT`` unless ``[s, e]`` lies inside one range; a split can still fail with
+        ``ENOMEM``. Visits: ``find_range(s)`` for the check, two for the remove.
+        """
+        r, rc = self._rangeset_rc(server, rtype, s, e)
+        if r is None:
+            return rc, 0
+        contains, _, visits_s, visits_e = r.probe(s, e)
+        if not contains:
+            return "ENOENT", visits_s
+        visits = visits_s + visits_s + visits_e
+        return (None if r.try_remove_range(s, e) else "ENOMEM"), visits
+
+    def map_io_range(self, server: IoreqServer, rtype: RangeType, s: int, e: int) -> int:
+        """:meth:`map_io_range_rc`, raising :class:`HypercallError`; returns the visits."""
+        rc, visits = self.map_io_range_rc(server, rtype, s, e)
+        if rc is not None:
+            raise HypercallError(rc, f"map [{s:#x}, {e:#x}] {rtype.name} of {server.name}", visits)
         return visits
 
     def unmap_io_range(self, server: IoreqServer, rtype: RangeType, s: int, e: int) -> int:
-        """``HVMOP_unmap_io_range_from_ioreq_server``; returns the nodes visited.
-
-        ``-ENOENT`` unless ``[s, e]`` lies inside one range; a split can still fail with
-        ``-ENOMEM``.
-        """
-        if s > e:
-            raise HypercallError("EINVAL", f"start {s:#x} above end {e:#x}")
-        r = self._rangeset(server, rtype)
-        visits = r.lookup_visits(s)
-        if not r.contains_range(s, e):
-            raise HypercallError("ENOENT", f"[{s:#x}, {e:#x}] is not inside {r.name}", visits)
-        visits += r.lookup_visits(s) + r.lookup_visits(e)
-        try:
-            r.remove_range(s, e)
-        except RangesetFull as exc:
+        """:meth:`unmap_io_range_rc`, raising :class:`HypercallError`; returns the visits."""
+        rc, visits = self.unmap_io_range_rc(server, rtype, s, e)
+        if rc is not None:
             raise HypercallError(
-                "ENOMEM", f"splitting a range of {r.name} needs a node", visits
-            ) from exc
+                rc, f"unmap [{s:#x}, {e:#x}] {rtype.name} of {server.name}", visits
+            )
         return visits
 
-    def _rangeset(self, server: IoreqServer, rtype: RangeType) -> Rangeset:
+    def _rangeset_rc(
+        self, server: IoreqServer, rtype: RangeType, s: int, e: int
+    ) -> tuple[Rangeset | None, str | None]:
+        if s > e or s < 0 or e > U64_MAX:
+            # 4.6 only ASSERTs s <= e; -EINVAL since the XSA-238 fix d59e55b018 (4.10).
+            return None, "EINVAL"
         if server.is_default:
-            # The default server has no rangesets to map into (hvm.c @4.6: -EINVAL... it
-            # is found by id only among non-default servers, so the map returns -ENOENT).
-            raise HypercallError("ENOENT", f"{server.name} is the default server")
-        try:
-            return server.rangesets[rtype]
-        except KeyError:
-            raise HypercallError("EINVAL", f"range type {rtype.name} not in this design") from None
+            # hvm_map_io_range_to_ioreq_server() looks the id up among the non-default
+            # servers only (hvm.c @4.6), so the default server is "not found".
+            return None, "ENOENT"
+        r = server.rangesets.get(rtype)
+        if r is None:
+            return None, "EINVAL"  # a range type this design does not have
+        return r, None
 
     # -- write protection of guest page-table pages (strategy by design) -------------
-    def write_protect(self, server: IoreqServer, first_gfn: int, last_gfn: int) -> int:
-        """Write-protect guest pages ``first_gfn..last_gfn`` for ``server``; returns visits.
+    def write_protect_rc(
+        self, server: IoreqServer, first_gfn: int, last_gfn: int
+    ) -> tuple[str | None, int]:
+        """Write-protect guest pages ``first_gfn..last_gfn`` for ``server``.
 
-        On failure the pages keep their RAM type, so guest writes to them are not trapped.
+        Returns ``(errno name or None, visits)``. On failure the pages keep their RAM
+        type, so guest writes to them are not trapped.
         """
         if first_gfn > last_gfn:
-            raise HypercallError("EINVAL", f"gfn {first_gfn:#x} above {last_gfn:#x}")
-        if self.design is Design.XEN_46:
-            visits = self.map_io_range(
+            return "EINVAL", 0
+        design = self.design
+        if design is Design.XEN_46:
+            rc, visits = self.map_io_range_rc(
                 server,
                 RangeType.MEMORY,
                 first_gfn << PAGE_SHIFT,
                 ((last_gfn + 1) << PAGE_SHIFT) - 1,
             )
-        elif self.design is Design.WP_SPLIT:
-            visits = self.map_io_range(server, RangeType.WP_MEM, first_gfn, last_gfn)
+        elif design is Design.WP_SPLIT:
+            rc, visits = self.map_io_range_rc(server, RangeType.WP_MEM, first_gfn, last_gfn)
         else:
             # XEN_DMOP_map_mem_type_to_ioreq_server: one claimer only (ca2b511d3f;
             # p2m_set_ioreq_server() returns -EBUSY to a second server).
             if self.p2m_claimer is None:
                 self.p2m_claimer = server
             elif self.p2m_claimer is not server:
-                raise HypercallError(
-                    "EBUSY", f"p2m_ioreq_server is already claimed by {self.p2m_claimer.name}"
-                )
-            visits = 0
-        for gfn in range(first_gfn, last_gfn + 1):
-            self.p2m[gfn] = P2mType.WRITE_DM
-        return visits
+                return "EBUSY", 0
+            rc, visits = None, 0
+        if rc is None:
+            p2m = self.p2m
+            for gfn in range(first_gfn, last_gfn + 1):
+                p2m[gfn] = P2mType.WRITE_DM
+        return rc, visits
 
-    def unprotect(self, server: IoreqServer, first_gfn: int, last_gfn: int) -> int:
-        """Give pages back to RAM and drop them from the design's tracking; returns visits.
+    def unprotect_rc(
+        self, server: IoreqServer, first_gfn: int, last_gfn: int
+    ) -> tuple[str | None, int]:
+        """Give pages back to RAM and drop them from the design's tracking.
 
-        The p2m type is reset first, so even when the unmap fails (``-ENOMEM`` on a split
+        The p2m type is reset first, so even when the unmap fails (``ENOMEM`` on a split
         at the limit) the page is writable again; the stale range stays in the set.
         """
+        p2m = self.p2m
         for gfn in range(first_gfn, last_gfn + 1):
-            self.p2m.pop(gfn, None)
+            p2m.pop(gfn, None)
         if self.design is Design.XEN_46:
-            return self.unmap_io_range(
+            return self.unmap_io_range_rc(
                 server,
                 RangeType.MEMORY,
                 first_gfn << PAGE_SHIFT,
                 ((last_gfn + 1) << PAGE_SHIFT) - 1,
             )
         if self.design is Design.WP_SPLIT:
-            return self.unmap_io_range(server, RangeType.WP_MEM, first_gfn, last_gfn)
-        return 0
+            return self.unmap_io_range_rc(server, RangeType.WP_MEM, first_gfn, last_gfn)
+        return None, 0
+
+    def write_protect(self, server: IoreqServer, first_gfn: int, last_gfn: int) -> int:
+        """:meth:`write_protect_rc`, raising :class:`HypercallError`; returns the visits."""
+        rc, visits = self.write_protect_rc(server, first_gfn, last_gfn)
+        if rc is not None:
+            raise HypercallError(
+                rc, f"write-protect gfns {first_gfn:#x}..{last_gfn:#x} for {server.name}", visits
+            )
+        return visits
+
+    def unprotect(self, server: IoreqServer, first_gfn: int, last_gfn: int) -> int:
+        """:meth:`unprotect_rc`, raising :class:`HypercallError`; returns the visits."""
+        rc, visits = self.unprotect_rc(server, first_gfn, last_gfn)
+        if rc is not None:
+            raise HypercallError(
+                rc, f"unprotect gfns {first_gfn:#x}..{last_gfn:#x} of {server.name}", visits
+            )
+        return visits
 
     def is_write_protected(self, gfn: int) -> bool:
         return gfn in self.p2m
 
     # -- routing ---------------------------------------------------------------------------
     def route(self, access: Access) -> Route:
-        """Route one trapped access the way ``hvmemul_do_io()`` does.
+        """Route one trapped access the way ``hvmemul_do_io()`` does, with an explanation.
 
         1. The internal port handler ``hvm_access_cf8`` (hvm.c @4.6, line 689) latches
            CF8 on a 4-byte write to 0xcf8 and then declines, so the write is forwarded.
@@ -325,7 +367,25 @@ class IoreqDomain:
            rangeset lookup (emulate.c @master, ``hvmemul_do_io``, line 211).
         3. Otherwise ``hvm_select_ioreq_server()``; with no server, the null handler.
         """
-        latched = False
+        tried: list[tuple[str, int]] = []
+        latched = self._latch_cf8(access)
+        handler, server, ioreq_type, addr, visits, p2m = self._route(access, tried)
+        return Route(handler, server, ioreq_type, addr, tuple(tried), visits, p2m, latched)
+
+    def route_fast(self, access: Access) -> tuple[str, IoreqServer | None, int, int]:
+        """:meth:`route` for the model's hot path: ``(handler, server, visits, p2m_lookups)``."""
+        if access.kind == "pio":
+            self._latch_cf8(access)
+        handler, server, _, _, visits, p2m = self._route(access, None)
+        return handler, server, visits, p2m
+
+    def select_ioreq_server(self, access: Access) -> Route:
+        """``hvm_select_ioreq_server(d, p)`` alone (hvm.c @RELEASE-4.6.0, lines 2519-2605)."""
+        tried: list[tuple[str, int]] = []
+        handler, server, ioreq_type, addr, visits, p2m = self._select(access, tried)
+        return Route(handler, server, ioreq_type, addr, tuple(tried), visits, p2m)
+
+    def _latch_cf8(self, access: Access) -> bool:
         if (
             access.kind == "pio"
             and access.addr == CF8_PORT
@@ -334,29 +394,32 @@ class IoreqDomain:
             and access.data is not None
         ):
             self.pci_cf8 = access.data & 0xFFFFFFFF
-            latched = True
+            return True
+        return False
+
+    def _route(
+        self, access: Access, tried: list[tuple[str, int]] | None
+    ) -> tuple[str, IoreqServer | None, IoreqType, int, int, int]:
         if access.kind == "mmio" and self.design is Design.P2M_IOREQ_SERVER:
-            gfn = access.addr >> PAGE_SHIFT
-            if self.p2m.get(gfn) is P2mType.WRITE_DM:
+            # One p2m type query for every MMIO access, before any selection.
+            if self.p2m.get(access.addr >> PAGE_SHIFT) is P2mType.WRITE_DM:
                 if not access.is_write:
-                    return Route("ram", None, IoreqType.COPY, access.addr, (), 0, 1, latched)
+                    return "ram", None, IoreqType.COPY, access.addr, 0, 1
                 claimer = self.p2m_claimer
                 name = claimer.name if claimer is not None else "none"
-                return Route(name, claimer, IoreqType.COPY, access.addr, (), 0, 1, latched)
-            route = self.select_ioreq_server(access)
-            route.p2m_lookups += 1
-            route.cf8_latched = latched
-            return route
-        route = self.select_ioreq_server(access)
-        route.cf8_latched = latched
-        return route
+                return name, claimer, IoreqType.COPY, access.addr, 0, 1
+            handler, server, ioreq_type, addr, visits, p2m = self._select(access, tried)
+            return handler, server, ioreq_type, addr, visits, p2m + 1
+        return self._select(access, tried)
 
-    def select_ioreq_server(self, access: Access) -> Route:
-        """``hvm_select_ioreq_server(d, p)`` (hvm.c @RELEASE-4.6.0, lines 2519-2605)."""
+    def _select(
+        self, access: Access, tried: list[tuple[str, int]] | None
+    ) -> tuple[str, IoreqServer | None, IoreqType, int, int, int]:
+        """The selection proper; appends ``(server, visits)`` to ``tried`` if given."""
         if not self.servers:
             # Step 1: no ioreq servers at all -> NULL -> null handler.
             ioreq_type = IoreqType.PIO if access.kind == "pio" else IoreqType.COPY
-            return Route("none", None, ioreq_type, access.addr, (), 0)
+            return "none", None, ioreq_type, access.addr, 0, 0
         p2m_lookups = 0
         cf8 = self.pci_cf8
         if access.kind == "pio":
@@ -399,40 +462,30 @@ class IoreqDomain:
             raise ValueError(f"access window [{lookup_s:#x}, {lookup_e:#x}] leaves 0..2^64-1")
 
         # Step 5: newest server first; default and disabled servers are skipped.
-        tried: list[tuple[str, int]] = []
         total = 0
         for server in self._search_order:
             if not server.enabled:
                 continue
             hit, visits = server.rangesets[rtype].query_range(lookup_s, lookup_e)
-            tried.append((server.name, visits))
+            if tried is not None:
+                tried.append((server.name, visits))
             total += visits
             if hit:
                 if rtype is RangeType.PCI:
                     # The request is rewritten in place into a config-space access.
-                    return Route(
+                    return (
                         server.name,
                         server,
                         IoreqType.PCI_CONFIG,
                         rewritten_addr,
-                        tuple(tried),
                         total,
                         p2m_lookups,
                     )
-                return Route(
-                    server.name, server, ioreq_type, access.addr, tuple(tried), total, p2m_lookups
-                )
+                return server.name, server, ioreq_type, access.addr, total, p2m_lookups
         # Step 6: the default server, unrewritten (an unmatched config cycle stays a PIO).
         default = self.default_server
-        return Route(
-            default.name if default is not None else "none",
-            default,
-            ioreq_type,
-            access.addr,
-            tuple(tried),
-            total,
-            p2m_lookups,
-        )
+        name = default.name if default is not None else "none"
+        return name, default, ioreq_type, access.addr, total, p2m_lookups
 
     def range_count(self, server: IoreqServer) -> int:
         """Nodes across all of a server's rangesets."""

@@ -40,7 +40,7 @@ U64_MAX = (1 << 64) - 1
 RangesetImpl = Literal["list", "rbtree"]
 
 
-class RangesetFull(Exception):
+class RangesetFull(Exception):  # noqa: N818 -- the public API name is fixed by issue #3
     """The node budget is spent: Xen's ``alloc_range()`` returned NULL (``-ENOMEM``)."""
 
     errno_name = "ENOMEM"
@@ -48,8 +48,10 @@ class RangesetFull(Exception):
 
 def _check_bounds(s: int, e: int) -> None:
     # Xen only ASSERTs s <= e (XSA-238); we refuse it outright, as the 4.10+ ioreq path does.
-    if not (isinstance(s, int) and isinstance(e, int)) or isinstance(s, bool) or isinstance(
-        e, bool
+    if (
+        not (isinstance(s, int) and isinstance(e, int))
+        or isinstance(s, bool)
+        or isinstance(e, bool)
     ):
         raise TypeError(f"range bounds must be integers, got {s!r}, {e!r}")
     if s < 0 or e > U64_MAX:
@@ -89,9 +91,11 @@ class _ListCost:
 
 
 class _Node:
-    __slots__ = ("left", "parent", "red", "right")
+    __slots__ = ("depth", "left", "parent", "red", "right", "stamp")
 
     def __init__(self, nil: _Node | None) -> None:
+        self.depth = 0
+        self.stamp = -1  # the tree epoch at which ``depth`` was last known right
         self.left: _Node = nil if nil is not None else self
         self.right: _Node = nil if nil is not None else self
         self.parent: _Node = nil if nil is not None else self
@@ -107,9 +111,13 @@ class RedBlackTree:
     shape a keyed red-black tree would have after the same sequence of operations.
     """
 
-    __slots__ = ("nil", "nodes", "root")
+    __slots__ = ("epoch", "nil", "nodes", "root")
 
     def __init__(self) -> None:
+        # Bumped by every rotation and deletion: the only changes that move existing
+        # nodes up or down. Depths cached at the current epoch are still right, so
+        # lookups between structural changes cost O(1).
+        self.epoch = 0
         self.nil = _Node(None)
         self.nil.red = False
         self.root = self.nil
@@ -118,12 +126,20 @@ class RedBlackTree:
     # -- queries ---------------------------------------------------------------------
     def depth(self, index: int) -> int:
         """Number of nodes on the path from the root down to the index-th node."""
-        nil = self.nil
         node = self.nodes[index]
-        d = 0
-        while node is not nil:
-            d += 1
+        epoch = self.epoch
+        if node.stamp == epoch:
+            return node.depth
+        nil = self.nil
+        path = []
+        while node is not nil and node.stamp != epoch:
+            path.append(node)
             node = node.parent
+        d = 0 if node is nil else node.depth
+        for n in reversed(path):
+            d += 1
+            n.depth = d
+            n.stamp = epoch
         return d
 
     def height(self) -> int:
@@ -134,6 +150,7 @@ class RedBlackTree:
 
     # -- rotations and fix-ups (CLRS 3rd ed., ch. 13) -----------------------------------
     def _rotate_left(self, x: _Node) -> None:
+        self.epoch += 1
         y = x.right
         x.right = y.left
         if y.left is not self.nil:
@@ -149,6 +166,7 @@ class RedBlackTree:
         x.parent = y
 
     def _rotate_right(self, x: _Node) -> None:
+        self.epoch += 1
         y = x.left
         x.left = y.right
         if y.right is not self.nil:
@@ -229,6 +247,7 @@ class RedBlackTree:
     def delete_at(self, index: int) -> None:
         """Delete the index-th node (in-order)."""
         nil = self.nil
+        self.epoch += 1
         z = self.nodes.pop(index)
         y = z
         y_was_red = y.red
@@ -404,12 +423,13 @@ class Rangeset:
         self._free: int | None = limit
 
     # -- node bookkeeping, mirrored into the cost model --------------------------------
-    def _alloc(self) -> None:
+    def _alloc(self) -> bool:
         # alloc_range(): refuses when nr_ranges == 0, before anything is changed.
         if self._free == 0:
-            raise RangesetFull(f"rangeset {self.name!r}: node budget of {self.limit} spent")
+            return False
         if self._free is not None:
             self._free -= 1
+        return True
 
     def _insert(self, index: int, s: int, e: int) -> None:
         self._starts.insert(index, s)
@@ -428,6 +448,14 @@ class Rangeset:
     def add_range(self, s: int, e: int) -> None:
         """``rangeset_add_range()``, step for step; raises RangesetFull on ``-ENOMEM``."""
         _check_bounds(s, e)
+        if not self.try_add_range(s, e):
+            raise RangesetFull(f"rangeset {self.name!r}: node budget of {self.limit} spent")
+
+    def try_add_range(self, s: int, e: int) -> bool:
+        """:meth:`add_range` without the checks and the exception: False on ``-ENOMEM``.
+
+        The caller guarantees ``0 <= s <= e <= 2^64-1``.
+        """
         starts, ends = self._starts, self._ends
         xi = bisect_right(starts, s) - 1  # find_range(r, s); -1 is NULL
         yi = bisect_right(starts, e) - 1  # find_range(r, e)
@@ -435,7 +463,8 @@ class Rangeset:
             if xi < 0 or (ends[xi] < s and ends[xi] + 1 != s):
                 # Allocate first, merge with a right neighbour afterwards: at budget 0
                 # this fails even when the final node count would not grow.
-                self._alloc()
+                if not self._alloc():
+                    return False
                 xi = yi + 1
                 self._insert(xi, s, e)
             elif ends[xi] < e:
@@ -455,6 +484,7 @@ class Rangeset:
         if xi + 1 < len(starts) and ends[xi] + 1 == starts[xi + 1]:
             ends[xi] = ends[xi + 1]
             self._destroy(xi + 1)
+        return True
 
     def remove_range(self, s: int, e: int) -> None:
         """``rangeset_remove_range()`` with master's semantics; RangesetFull on a split.
@@ -467,15 +497,21 @@ class Rangeset:
         wrap, so removing up to 2^64-1 behaves as the set difference it means.)
         """
         _check_bounds(s, e)
+        if not self.try_remove_range(s, e):
+            raise RangesetFull(f"rangeset {self.name!r}: no node left to split a range")
+
+    def try_remove_range(self, s: int, e: int) -> bool:
+        """:meth:`remove_range` without the checks and the exception: False on ``-ENOMEM``."""
         starts, ends = self._starts, self._ends
         xi = bisect_right(starts, s) - 1
         yi = bisect_right(starts, e) - 1
         if xi == yi:
             if xi < 0 or ends[xi] < s:
-                return
+                return True
             xs, xe = starts[xi], ends[xi]
             if xs < s and xe > e:
-                self._alloc()  # the split needs a second node
+                if not self._alloc():  # the split needs a second node
+                    return False
                 ends[xi] = s - 1
                 self._insert(xi + 1, e + 1, xe)
             elif xs == s and xe <= e:
@@ -484,7 +520,7 @@ class Rangeset:
                 starts[xi] = e + 1
             elif xe <= e:
                 ends[xi] = s - 1
-            return
+            return True
         if xi < 0:
             xi = 0
         elif starts[xi] < s:
@@ -498,6 +534,7 @@ class Rangeset:
             self._destroy(xi)
         else:
             starts[xi] = e + 1
+        return True
 
     def add_singleton(self, x: int) -> None:
         self.add_range(x, x)
@@ -535,6 +572,23 @@ class Rangeset:
         starts = self._starts
         k = bisect_right(starts, s)
         return (k > 0 and self._ends[k - 1] >= e), self._cost.visits(starts, self._ends, s, k)
+
+    def probe(self, s: int, e: int) -> tuple[bool, bool, int, int]:
+        """What a map or unmap hypercall needs, from two searches.
+
+        Returns ``(contains_range(s, e), overlaps_range(s, e), visits(s), visits(e))``,
+        where visits(x) is the cost of ``find_range(x)``. The caller guarantees
+        ``0 <= s <= e <= 2^64-1``.
+        """
+        starts, ends, visits = self._starts, self._ends, self._cost.visits
+        ks = bisect_right(starts, s)
+        ke = bisect_right(starts, e)
+        return (
+            ks > 0 and ends[ks - 1] >= e,
+            ke > 0 and s <= ends[ke - 1],
+            visits(starts, ends, s, ks),
+            visits(starts, ends, e, ke),
+        )
 
     def ranges(self) -> list[tuple[int, int]]:
         return list(zip(self._starts, self._ends, strict=True))

@@ -16,7 +16,6 @@ from sim.results import (
     manifest,
     summarize,
     summary_csv,
-    totals,
     write_text_atomic,
 )
 from sim.scenario import Scenario

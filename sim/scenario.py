@@ -75,10 +75,8 @@ class EmpiricalDist(StrictModel):
     column: str | None = None
 
 
-Dist = Annotated[
-    ConstantDist | ExponentialDist | UniformDist | LognormalDist | EmpiricalDist,
-    Field(discriminator="dist"),
-]
+AnyDist = ConstantDist | ExponentialDist | UniformDist | LognormalDist | EmpiricalDist
+Dist = Annotated[AnyDist, Field(discriminator="dist")]
 
 
 def const(ns: float) -> ConstantDist:
@@ -183,7 +181,7 @@ class ServiceTimes(StrictModel):
     ppgtt_write: Dist | None = None
     other: Dist | None = None
 
-    def for_kind(self, kind: str) -> ConstantDist | ExponentialDist | UniformDist | LognormalDist | EmpiricalDist:
+    def for_kind(self, kind: str) -> AnyDist:
         chosen = getattr(self, kind)
         return chosen if chosen is not None else self.default
 
@@ -511,9 +509,7 @@ def iter_dists(scenario: Scenario) -> list[tuple[str, Any]]:
 _EMPIRICAL_CACHE: dict[tuple[str, str | None], list[float]] = {}
 
 
-def read_empirical(
-    base: Path, dist: EmpiricalDist, file: str | Path, keypath: str
-) -> list[float]:
+def read_empirical(base: Path, dist: EmpiricalDist, file: str | Path, keypath: str) -> list[float]:
     """Values of an empirical distribution's CSV column; errors name the scenario key."""
     path = (base / dist.file).resolve()
     cache_key = (str(path), dist.column)
@@ -535,7 +531,9 @@ def read_empirical(
         has_header = True
     if dist.column is not None:
         if not has_header or dist.column not in header:
-            raise InputError(file, f"{keypath}.column", f"{dist.file} has no column {dist.column!r}")
+            raise InputError(
+                file, f"{keypath}.column", f"{dist.file} has no column {dist.column!r}"
+            )
         col = header.index(dist.column)
     values: list[float] = []
     for lineno, row in enumerate(rows[1:] if has_header else rows, start=2 if has_header else 1):
