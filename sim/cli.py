@@ -90,6 +90,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from sim.bench import format_report, main_json, run_bench
+
+    print("measuring (a few minutes; --quick for a rough pass) ...", file=sys.stderr)
+    figures = run_bench(quick=args.quick, rss=not args.no_rss)
+    print(main_json(figures) if args.json else format_report(figures))
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vgpu-sim",
@@ -150,6 +159,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", action="store_true", help="also write trace.csv, one row per access")
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a TTY")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser(
+        "bench",
+        help="measure host-speed figures as ratios within one run",
+        description=(
+            "Measure the model's host time per access against a minimal SimPy round "
+            "trip, the 8192-vs-64-range ratios for both rangesets, and the peak RSS of a "
+            "1,000,000-access run. Ratios, because absolute times are noisy here."
+        ),
+    )
+    p.add_argument("--quick", action="store_true", help="fewer repetitions, smaller RSS run")
+    p.add_argument("--no-rss", action="store_true", help="skip the peak-RSS child run")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 

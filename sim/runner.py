@@ -110,3 +110,49 @@ def run_to_directory(
 
 def run_in_memory(scenario: Scenario, seed: int, base_dir: Path) -> RunResult:
     return Simulation(scenario, seed, base_dir=base_dir).run()
+
+
+#: Columns of one sweep point's record, after the sweep's axes and replication.
+POINT_COLUMNS = (
+    "wp_pages",
+    "ranges",
+    "ranges_max",
+    "accesses",
+    "p50_ns",
+    "p99_ns",
+    "mean_ns",
+    "mean_visits",
+    "failed_maps",
+    "untracked_ppgtt_writes",
+    "throughput_per_s",
+)
+
+
+def run_point(config: dict[str, Any], seed: int, base_dir: str) -> dict[str, Any]:
+    """Run one validated scenario configuration and return its point record.
+
+    Picklable inputs and outputs only (plain dicts), so that any executor can ship it.
+    ``wp_pages`` is the write-protected page count the scenario asks for (summed over
+    guests); ``ranges`` is the XenGT servers' time-averaged rangeset node count during
+    the measured part of the run (summed over guests), ``ranges_max`` its maximum.
+    """
+    from sim.results import overall
+
+    scenario = Scenario.model_validate(config, strict=False)
+    result = run_in_memory(scenario, seed, Path(base_dir))
+    c = result.counters
+    stats = overall(result)
+    measured_s = result.measured_ns / 1e9
+    return {
+        "wp_pages": sum(g.vgpu.ppgtt.live_pages for g in scenario.guests),
+        "ranges": sum(r["mean"] for r in result.ranges.values()),
+        "ranges_max": sum(r["max"] for r in result.ranges.values()),
+        "accesses": c.accesses,
+        "p50_ns": stats["p50_ns"],
+        "p99_ns": stats["p99_ns"],
+        "mean_ns": stats["mean_ns"],
+        "mean_visits": stats["mean_visits"],
+        "failed_maps": c.failed_maps,
+        "untracked_ppgtt_writes": c.untracked_ppgtt_writes,
+        "throughput_per_s": c.accesses / measured_s if measured_s > 0 else 0.0,
+    }
