@@ -27,5 +27,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check sim tests notebooks
 	$(VENV)/bin/ruff format --check sim tests
 
+# Regenerate the golden summary after a deliberate model change; review the diff.
+golden: $(STAMP)
+	VGPU_SIM_UPDATE_GOLDEN=1 $(PY) -m pytest -q tests/test_run.py -k golden
+	git diff --stat tests/golden
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build *.egg-info

@@ -33,6 +33,8 @@ ACCESS_KINDS = ("mmio", "pio", "ppgtt_write", "other")
 NonNeg = Annotated[float, Field(ge=0)]
 Positive = Annotated[float, Field(gt=0)]
 Addr = Annotated[int, Field(ge=0, le=(1 << 64) - 1)]
+# A YAML list [start, end]: strict validation refuses lists for tuple types.
+AddrRange = Annotated[list[Addr], Field(min_length=2, max_length=2)]
 
 
 # -- distributions --------------------------------------------------------------------
@@ -245,13 +247,13 @@ class Ppgtt(StrictModel):
 
 
 class Vgpu(StrictModel):
-    bar0_mmio: tuple[Addr, Addr] = Field(
-        (0xF7800000, 0xF7BFFFFF),
+    bar0_mmio: AddrRange = Field(
+        [0xF7800000, 0xF7BFFFFF],
         description="[PUB] HSW BAR0, 2 MB MMIO + 2 MB GTT, trapped as one range "
         "(intel/XenGT-Preview-xen issue #27 boot log).",
     )
-    vga_ports: tuple[Addr, Addr] = Field(
-        (0x3B0, 0x3DF), description="[PUB] trapped PIO range in the same boot log."
+    vga_ports: AddrRange = Field(
+        [0x3B0, 0x3DF], description="[PUB] trapped PIO range in the same boot log."
     )
     pci: str = Field("00:02.0", description="[CODE] the integrated GPU's PCI address.")
     mmio_read_fraction: Annotated[float, Field(ge=0, le=1)] = Field(
@@ -277,12 +279,12 @@ class Vgpu(StrictModel):
 class OtherDevices(StrictModel):
     """Devices QEMU emulates; their traps miss every XenGT rangeset."""
 
-    mmio: tuple[Addr, Addr] = Field(
-        (0xFEBF0000, 0xFEBFFFFF),
+    mmio: AddrRange = Field(
+        [0xFEBF0000, 0xFEBFFFFF],
         description="[ASSUMPTION] a NIC BAR above the GPU BAR, so a list walk passes "
         "every XenGT node before missing.",
     )
-    ports: tuple[Addr, Addr] = Field((0xC000, 0xC03F), description="[ASSUMPTION] an I/O BAR.")
+    ports: AddrRange = Field([0xC000, 0xC03F], description="[ASSUMPTION] an I/O BAR.")
     mmio_fraction: Annotated[float, Field(ge=0, le=1)] = Field(
         0.5, description="[ASSUMPTION] share of 'other' traps that are MMIO rather than PIO."
     )
