@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/vgpu-sim select scenarios/selection/*.yaml
+	$(VENV)/bin/vgpu-sim run scenarios/bdw.yaml
 
 # pytest exits 5 when it collects nothing: that is a broken suite, not a pass.
 test: $(STAMP)

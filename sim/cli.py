@@ -8,8 +8,9 @@ traceback). Progress and warnings go to stderr, tables and results paths to stdo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from sim import __version__
@@ -29,19 +30,21 @@ def _cmd_select(args: argparse.Namespace) -> int:
     return status
 
 
-def _tty_progress(label: str) -> Callable[[float, float], None] | None:
-    """A simulated-time progress bar on a terminal; nothing at all otherwise."""
-    if not sys.stderr.isatty():
-        return None
+@contextlib.contextmanager
+def _tty_progress(label: str, enabled: bool) -> Iterator[Callable[[float, float], None] | None]:
+    """A simulated-time progress bar on a terminal, cleared afterwards; else nothing."""
+    if not (enabled and sys.stderr.isatty()):
+        yield None
+        return
     from tqdm import tqdm
 
-    bar = tqdm(total=100, desc=label, unit="%", leave=False, file=sys.stderr)
+    with tqdm(total=100, desc=label, unit="%", leave=False, file=sys.stderr) as bar:
 
-    def report(now: float, end: float) -> None:
-        bar.n = min(100, int(100 * now / end)) if end else 100
-        bar.refresh()
+        def report(now: float, end: float) -> None:
+            bar.n = min(100, int(100 * now / end)) if end else 100
+            bar.refresh()
 
-    return report
+        yield report
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -67,16 +70,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
             raise InputError(out_dir, "--out", "already exists; results are never overwritten")
     else:
         out_dir = default_run_dir(Path(args.results), scenario, seed)
-    rows, totals = run_to_directory(
-        scenario,
-        seed,
-        out_dir,
-        base_dir=Path(args.scenario).parent,
-        scenario_file=str(args.scenario),
-        trace=args.trace,
-        progress=None if args.no_progress else _tty_progress(scenario.name),
-        argv=["vgpu-sim", *sys.argv[1:]],
-    )
+    with _tty_progress(scenario.name, enabled=not args.no_progress) as progress:
+        rows, totals = run_to_directory(
+            scenario,
+            seed,
+            out_dir,
+            base_dir=Path(args.scenario).parent,
+            scenario_file=str(args.scenario),
+            trace=args.trace,
+            progress=progress,
+            argv=["vgpu-sim", *sys.argv[1:]],
+        )
     x = scenario.xen
     print(
         f"{scenario.name}: design {x.design}, rangeset {x.rangeset}, "
