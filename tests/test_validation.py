@@ -147,3 +147,36 @@ def test_timeline_p2m_ioreq_server_page_write(tmp_path: Path) -> None:
         selected = t_trap + c.vmexit_ns + c.mmio_decode_ns + c.p2m_lookup_ns
         assert float(row["t_selected_ns"]) == selected
         assert float(row["t_resumed_ns"]) == selected + c.ioreq_send_ns + 5_000 + 900
+
+
+def test_shared_pcpu_queues_exits_and_resumes(tmp_path: Path) -> None:
+    """Two vCPUs pinned to one pCPU, trapping at the same instant: Xen handles the
+    second exit only after the first (one pCPU does one thing at a time), and the
+    device model's single thread serves the queued second ioreq without a new wake-up.
+
+    vCPU0: exit [10000, 10000 + X), DM wake 2000 + service 3000, resume W.
+    vCPU1: exit [10000 + X, 10000 + 2X), waits for the DM thread, service 3000, resume W.
+    with X = vmexit + decode + visits * visit_ns + ioreq_send and W = wake + entry.
+    """
+    scenario = load_scenario(SMALL / "timeline.yaml", [("host.pcpus", 1), ("guests[0].vcpus", 2)])
+    sim = Simulation(scenario, base_dir=SMALL)
+    assert [p.dedicated for p in sim.pcpus] == [False]
+    visits = len(sim.guests[0].xengt.rangesets[RangeType.MEMORY])
+    out = tmp_path / "run"
+    run_to_directory(scenario, 1, out, base_dir=SMALL, scenario_file=None, trace=True)
+    rows: dict[str, dict[str, str]] = {}
+    for r in csv.DictReader((out / "trace.csv").open()):
+        rows.setdefault(r["vcpu"], r)  # each vCPU's first trap
+    c = scenario.costs
+    x = c.vmexit_ns + c.mmio_decode_ns + visits * c.visit_ns + c.ioreq_send_ns
+    w = c.vcpu_wake_ns + c.vmentry_ns
+    first, second = rows["vm1/vcpu0"], rows["vm1/vcpu1"]
+    assert float(first["t_trap_ns"]) == float(second["t_trap_ns"]) == 10_000.0
+    assert float(first["t_selected_ns"]) == 10_000 + x - c.ioreq_send_ns
+    assert float(second["t_selected_ns"]) == 10_000 + 2 * x - c.ioreq_send_ns
+    served0 = 10_000 + x + 2_000 + 3_000
+    assert float(first["t_served_ns"]) == served0
+    assert float(first["t_resumed_ns"]) == served0 + w
+    served1 = served0 + 3_000  # queued behind vCPU0's ioreq: no wake-up
+    assert float(second["t_served_ns"]) == served1
+    assert float(second["t_resumed_ns"]) == served1 + w
