@@ -193,6 +193,10 @@ class IoreqDomain:
             raise ValueError(f"duplicate ioreq server name {name!r}")
         if default and self.default_server is not None:
             raise ValueError("a domain has at most one default ioreq server")
+        if default and not enabled:
+            # 4.6's hvm_set_ioreq_server_state() finds servers by id among the non-default
+            # ones only (hvm.c @4.6), so the default server is always enabled.
+            raise ValueError("the default ioreq server cannot be disabled")
         server = IoreqServer(
             name,
             len(self.servers),
@@ -405,6 +409,8 @@ class IoreqDomain:
             if self.p2m.get(access.addr >> PAGE_SHIFT) is P2mType.WRITE_DM:
                 if not access.is_write:
                     return "ram", None, IoreqType.COPY, access.addr, 0, 1
+                # With no claimer Xen 4.9+ returns X86EMUL_RETRY; unreachable here, as
+                # pages only get this type through write_protect(), which claims first.
                 claimer = self.p2m_claimer
                 name = claimer.name if claimer is not None else "none"
                 return name, claimer, IoreqType.COPY, access.addr, 0, 1

@@ -828,3 +828,11 @@ def test_list_and_rbtree_route_identically_and_match_brute_force(
                 route.visits,
                 route.p2m_lookups,
             )
+
+
+def test_default_server_cannot_be_disabled() -> None:
+    """hvm_set_ioreq_server_state() (hvm.c @RELEASE-4.6.0) looks servers up by id among
+    the non-default ones only, so the default ioreq server is always enabled."""
+    domain = IoreqDomain()
+    with pytest.raises(ValueError, match="cannot be disabled"):
+        domain.create_server("qemu", default=True, enabled=False)
