@@ -24,9 +24,14 @@ EXIT_BAD_INPUT = 2
 def _cmd_select(args: argparse.Namespace) -> int:
     from sim.cases import run_case_file
 
+    # Check every file even when one is broken; the worst outcome sets the exit status.
     status = EXIT_OK
     for path in args.cases:
-        status = max(status, run_case_file(Path(path), sys.stdout, verbose=not args.quiet))
+        try:
+            status = max(status, run_case_file(Path(path), sys.stdout, verbose=not args.quiet))
+        except InputError as exc:
+            print(f"vgpu-sim: error: {exc}", file=sys.stderr)
+            status = EXIT_BAD_INPUT
     return status
 
 

@@ -227,3 +227,15 @@ def test_console_script_bad_input_no_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert str(bad) in proc.stderr
+
+
+def test_duplicate_yaml_keys_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """PyYAML would silently keep the second value; a strict format must not."""
+    path = tmp_path / "dup.yaml"
+    path.write_text(HEAD + "duration_ms: 2\n" + GUEST)
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "duplicate key 'duration_ms'" in err
+    assert "line 4" in err

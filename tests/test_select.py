@@ -269,3 +269,13 @@ def test_console_script_exits_2_without_traceback() -> None:
     assert done.returncode == 2
     assert f"{bad}: accesses[0].count" in done.stderr
     assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_every_file_is_checked_even_after_a_bad_one(capsys: pytest.CaptureFixture[str]) -> None:
+    """A broken file gives exit 2 but does not hide the results of the files after it."""
+    bad = BAD / "unknown-key.yaml"
+    good = SELECTION / "server-order.yaml"
+    assert main(["select", str(bad), str(good)]) == 2
+    captured = capsys.readouterr()
+    assert str(bad) in captured.err
+    assert "0 failed" in captured.out
