@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -108,6 +109,57 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from sim.sweep import default_out_dir, format_aggregate, load_results, load_sweep, run_sweep
+
+    sweep = load_sweep(args.sweep)
+    backend = args.backend or ("dask" if args.scheduler else "process")
+    out_dir = Path(args.out) if args.out else default_out_dir(args.sweep)
+    outcome = run_sweep(
+        sweep,
+        out_dir,
+        jobs=args.jobs,
+        backend=backend,
+        scheduler=args.scheduler,
+        progress="none" if args.no_progress else None,
+        plot=not args.no_plot,
+        argv=["vgpu-sim", *sys.argv[1:]],
+    )
+    print(
+        f"{sweep.name}: {len(sweep.points)} points x {sweep.spec.replications} replications: "
+        f"{outcome.ran} run, {outcome.reused} reused, {outcome.failed} failed "
+        f"({outcome.wall_s:.1f} s, {backend}, jobs {args.jobs})"
+    )
+    print(format_aggregate(load_results(out_dir)))
+    if outcome.failed:
+        print(
+            f"{outcome.failed} runs failed; their errors are in {out_dir / 'points'} and "
+            "points.csv. Run the same command again to retry them.",
+            file=sys.stderr,
+        )
+    print(f"results: {out_dir}")
+    return EXIT_FAILED if outcome.failed else EXIT_OK
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from sim.plot import write_figures
+
+    files = write_figures(args.results_dir)
+    if not files:
+        print(f"{args.results_dir}: no successful runs to plot", file=sys.stderr)
+        return EXIT_FAILED
+    for path in files:
+        print(path)
+    return EXIT_OK
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vgpu-sim",
@@ -182,6 +234,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-rss", action="store_true", help="skip the peak-RSS child run")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser(
+        "sweep",
+        help="run a sweep file's points in parallel and draw its figures",
+        description=(
+            "Expand a sweep file (base scenario x axes x replications), run every point "
+            "on a local process pool or on dask.distributed, and write points/, "
+            "points.csv, aggregate.csv (mean and 95%% CI) and the figures to "
+            "results/sweeps/<sweep>/ or --out DIR. Finished runs are kept: running the "
+            "same sweep again skips them and retries failed ones. Exit 1 if any run failed."
+        ),
+    )
+    p.add_argument("sweep", metavar="SWEEP.yaml")
+    p.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="parallel workers (default: the number of CPUs); 1 runs in this process",
+    )
+    p.add_argument(
+        "--backend",
+        choices=("process", "dask"),
+        help="process (default): a local process pool; dask: dask.distributed, a "
+        "LocalCluster unless --scheduler is given (pip install 'vgpu-sim[dask]')",
+    )
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="an existing dask scheduler, e.g. tcp://host:8786 (implies dask); its workers "
+        "need vgpu-sim installed and any empirical CSVs at the same paths",
+    )
+    p.add_argument(
+        "--out", metavar="DIR", help="results directory (default: results/sweeps/<sweep>)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
+    p.add_argument("--no-plot", action="store_true", help="write the CSVs but no figures")
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser(
+        "plot",
+        help="redraw a sweep's figures from its CSVs",
+        description=(
+            "Read points.csv and aggregate.csv of a sweep results directory and write "
+            "latency_vs_ranges and visits_vs_ranges as PNG and SVG next to them."
+        ),
+    )
+    p.add_argument("results_dir", metavar="RESULTS_DIR")
+    p.set_defaults(func=_cmd_plot)
     return parser
 
 

@@ -1,0 +1,274 @@
+"""Figures of a sweep, drawn from its CSVs only (so ``vgpu-sim plot DIR`` can redraw them).
+
+The x axis is ``wp_pages``, the write-protected page-table pages a point asks for, not
+``ranges``. Under Xen 4.6 semantics with scattered pages and no node limit the two are
+the same (one rangeset node per page, plus the BAR and port nodes); but a node limit caps
+``ranges``, and p2m-ioreq-server keeps pages out of every rangeset (3 nodes at any page
+count), so plotted against ``ranges`` those designs would collapse onto one x value.
+
+Figures are built on :class:`matplotlib.figure.Figure` without pyplot: no global state,
+and no backend is chosen here, so this works headless and in notebooks alike.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from sim.scenario import PLATFORMS, load_preset
+from sim.sweep import SweepResults, format_number, load_results
+
+FIGURE_NAMES = ("latency_vs_ranges", "visits_vs_ranges")
+X_LABEL = "write-protected PPGTT pages per vGPU (log scale)"
+X_NOTE = (
+    "x = pages the point write-protects. Under xen-4.6 each scattered page is one node of "
+    "the XenGT MEMORY rangeset (ranges ≈ pages);\na node limit caps the nodes (later maps "
+    "fail), and p2m-ioreq-server keeps pages out of rangesets (3 nodes). points.csv has both."
+)
+FAILED_LABEL = "maps failed (-ENOMEM): pages past the limit are not write-protected"
+
+
+def platform_pages() -> dict[str, int]:
+    """Live page-table pages per vGPU of each platform preset (HSW 300, BDW 3000)."""
+    return {p: int(load_preset(p)["ppgtt"]["live_pages"]) for p in PLATFORMS}
+
+
+def _looks_like_keypath(axis: str) -> bool:
+    return "." in axis or "[" in axis
+
+
+def x_axes(results: SweepResults) -> set[str]:
+    """Axes whose value fixes the page count (the x axis), so they do not split series.
+
+    An axis is one when every one of its values maps to a single ``wp_pages`` and its
+    values give more than one page count: the page-count axis itself, or ``platform``
+    when the presets' page counts are used.
+    """
+    found = set()
+    rows = [r for r in results.aggregate if not math.isnan(r["wp_pages_mean"])]
+    for axis in results.axes:
+        pages: dict[str, set[float]] = {}
+        for r in rows:
+            pages.setdefault(r[axis], set()).add(r["wp_pages_mean"])
+        distinct = {p for ps in pages.values() for p in ps}
+        if len(distinct) > 1 and all(len(ps) == 1 for ps in pages.values()):
+            found.add(axis)
+    return found
+
+
+def series(results: SweepResults) -> dict[str, list[dict[str, Any]]]:
+    """Aggregate rows grouped into lines (one per combination of the non-x axes),
+    in the sweep's order, each sorted by page count; points with no result are left out.
+    """
+    skip = x_axes(results)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for row in results.aggregate:
+        if math.isnan(row["wp_pages_mean"]):
+            continue
+        parts = [
+            f"{a.rsplit('.', 1)[-1]}={row[a]}" if _looks_like_keypath(a) else row[a]
+            for a in results.axes
+            if a not in skip
+        ]
+        out.setdefault(" · ".join(parts) or "all points", []).append(row)
+    for rows in out.values():
+        rows.sort(key=lambda r: r["wp_pages_mean"])
+    return out
+
+
+def series_table(results: SweepResults, metric: str, scale: float = 1.0) -> str:
+    """One row per page count, one column per line of the figures: mean ± 95% CI of
+    ``metric`` divided by ``scale``; the columns are numbered, with a key below."""
+    lines = series(results)
+    pages = sorted({r["wp_pages_mean"] for rows in lines.values() for r in rows})
+    header = ["pages", *(f"({i})" for i in range(1, len(lines) + 1))]
+    body = []
+    for x in pages:
+        cells = [f"{x:g}"]
+        for rows in lines.values():
+            row = next((r for r in rows if r["wp_pages_mean"] == x), None)
+            if row is None:
+                cells.append("-")
+                continue
+            mean, half = row[f"{metric}_mean"] / scale, row[f"{metric}_ci95"] / scale
+            ci = "" if math.isnan(half) else f" ± {format_number(half)}"
+            cells.append(format_number(mean) + ci)
+        body.append(cells)
+    widths = [max(len(c) for c in col) for col in zip(header, *body, strict=True)]
+    text = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in [header, *body]]
+    text += [f"({i}) {label}" for i, label in enumerate(lines, start=1)]
+    return "\n".join(text)
+
+
+def _ci(values: Sequence[float]) -> list[float]:
+    return [0.0 if math.isnan(v) else v for v in values]
+
+
+def _draw_metric(
+    ax: Any, results: SweepResults, metric: str, scale: float, ylabel: str, title: str
+) -> list[tuple[Any, str]]:
+    """One panel: a line per series with 95% CI bars, failed maps ringed in red."""
+    handles: list[tuple[Any, str]] = []
+    markers = "osD^vP*Xh<>"
+    # Dashes differ too, so a line drawn over an identical one (a limited variant below
+    # its limit) leaves the one beneath visible.
+    styles = ("-", "--", "-.", ":")
+    any_failed = False
+    for i, (label, rows) in enumerate(series(results).items()):
+        x = [r["wp_pages_mean"] for r in rows]
+        y = [r[f"{metric}_mean"] / scale for r in rows]
+        err = [e / scale for e in _ci([r[f"{metric}_ci95"] for r in rows])]
+        line = ax.errorbar(
+            x,
+            y,
+            yerr=err,
+            marker=markers[i % len(markers)],
+            markersize=5,
+            capsize=3,
+            linewidth=1.5,
+            color=f"C{i % 10}",
+            linestyle=styles[i % len(styles)],
+        )
+        handles.append((line, label))
+        failed = [
+            (xi, yi) for xi, yi, r in zip(x, y, rows, strict=True) if r["failed_maps_mean"] > 0
+        ]
+        if failed:
+            any_failed = True
+            ax.scatter(
+                *zip(*failed, strict=True),
+                s=140,
+                facecolors="none",
+                edgecolors="red",
+                linewidths=1.6,
+                zorder=5,
+            )
+    if any_failed:
+        ring = Line2D([], [], ls="none", marker="o", markersize=11, mfc="none", mec="red", mew=1.6)
+        handles.append((ring, FAILED_LABEL))
+    # Ticks at the page counts the sweep ran, in plain numbers, with room for the tags.
+    xs = sorted({r["wp_pages_mean"] for rows in series(results).values() for r in rows})
+    ax.set_xscale("log")
+    ax.set_xticks(xs, [f"{x:g}" for x in xs])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    low, high = min(xs) / 1.4, max(xs) * 1.6
+    ax.set_xlim(low, high)
+    # The platforms' page counts, where they fall inside the sweep's range.
+    for name, pages in platform_pages().items():
+        if not low < pages < high:
+            continue
+        ax.axvline(pages, color="0.45", ls=":", lw=1.2, zorder=0)
+        ax.annotate(
+            f"{name.upper()} {pages}",
+            xy=(pages, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(3, -3),
+            textcoords="offset points",
+            va="top",
+            fontsize=8,
+            color="0.3",
+        )
+    ax.set_xlabel(X_LABEL)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=11)
+    ax.grid(True, which="major", alpha=0.3)
+    return handles
+
+
+def _finish(fig: Figure, bottom: Any, handles: list[tuple[Any, str]], title: str) -> Figure:
+    """Title, the legend in its own band below the panels (never over data), the note."""
+    fig.suptitle(title, fontsize=13)
+    bottom.legend(
+        [h for h, _ in handles],
+        [label for _, label in handles],
+        loc="upper center",
+        ncols=2 if len(handles) > 3 else max(len(handles), 1),
+        fontsize=9,
+        frameon=False,
+    )
+    bottom.text(0.5, 0.02, X_NOTE, ha="center", va="bottom", fontsize=8, color="0.3")
+    return fig
+
+
+def _panels(n_handles: int) -> tuple[Figure, Any, Any, Any]:
+    """A figure with two panels side by side and a band below for legend and note."""
+    legend_rows = -(-n_handles // 2)
+    band = 0.55 + 0.22 * legend_rows  # inches: the note plus one row per legend line
+    fig = Figure(figsize=(12, 5.2 + band), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[5.2, band])
+    left, right = top.subplots(1, 2)
+    return fig, left, right, bottom
+
+
+def _y_scale(ax: Any) -> None:
+    """Log y (labelled 1, 2, 3, 5, 7 per decade) when the data span a factor of 4 or more;
+    otherwise linear, where a log axis would show a single tick."""
+    low, high = ax.dataLim.intervaly
+    if low > 0 and high / low >= 4:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0, 7.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _title(results: SweepResults, what: str) -> str:
+    name = results.directory.name
+    return f"{what} — {name}" + (f": {results.description}" if results.description else "")
+
+
+def latency_figure(results: SweepResults) -> Figure:
+    """p50 and p99 trap latency (µs, mean ± 95% CI over replications) against pages."""
+    fig, ax50, ax99, bottom = _panels(len(series(results)) + 1)
+    handles = _draw_metric(ax50, results, "p50_ns", 1e3, "trap latency (µs)", "median (p50)")
+    _draw_metric(ax99, results, "p99_ns", 1e3, "trap latency (µs)", "99th percentile (p99)")
+    for ax in (ax50, ax99):
+        _y_scale(ax)
+    title = _title(results, "Trap latency vs write-protected pages")
+    return _finish(fig, bottom, handles, title)
+
+
+def visits_figure(results: SweepResults) -> Figure:
+    """Mean rangeset nodes visited per trap, and the XenGT server's node count."""
+    fig, ax_v, ax_r, bottom = _panels(len(series(results)) + 1)
+    handles = _draw_metric(
+        ax_v, results, "mean_visits", 1, "nodes visited per trap (mean)", "selection cost"
+    )
+    _draw_metric(
+        ax_r,
+        results,
+        "ranges",
+        1,
+        "rangeset nodes (time-averaged)",
+        "XenGT server's nodes, all range types",
+    )
+    for ax in (ax_v, ax_r):
+        _y_scale(ax)
+    title = _title(results, "Rangeset visits vs write-protected pages")
+    return _finish(fig, bottom, handles, title)
+
+
+def save_figure(fig: Figure, stem: Path) -> list[Path]:
+    """PNG and SVG; the SVG without a date and with fixed ids, so redraws diff cleanly."""
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
+    with matplotlib.rc_context({"svg.hashsalt": "vgpu-sim"}):
+        fig.savefig(paths[0], dpi=130)
+        fig.savefig(paths[1], metadata={"Date": None})
+    return paths
+
+
+def write_figures(directory: str | Path) -> list[Path]:
+    """Draw both figures of a sweep results directory from its CSVs; return the files."""
+    d = Path(directory)
+    results = load_results(d)
+    if not any(series(results).values()):
+        return []  # every run failed: nothing to draw, the CSVs say why
+    paths = save_figure(latency_figure(results), d / FIGURE_NAMES[0])
+    paths += save_figure(visits_figure(results), d / FIGURE_NAMES[1])
+    return paths
