@@ -239,3 +239,15 @@ def test_duplicate_yaml_keys_are_refused(
     err = capsys.readouterr().err
     assert "duplicate key 'duration_ms'" in err
     assert "line 4" in err
+
+
+def test_results_get_ordinary_permissions(tmp_path: Path) -> None:
+    """Atomic writes go through mkstemp/mkdtemp (owner-only); results must not stay so."""
+    mask = os.umask(0o022)
+    try:
+        out = run(tmp_path, "perm")
+    finally:
+        os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o755
+    assert (out / "summary.csv").stat().st_mode & 0o777 == 0o644
+    assert (out / "manifest.json").stat().st_mode & 0o777 == 0o644
