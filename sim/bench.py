@@ -11,6 +11,7 @@ in the same process, never an absolute time, and never a timed test:
 * rangeset lookup: host time per ``lookup_visits`` + ``contains_range`` at 8192 ranges
   over 64. Goal <= 1.5.
 * peak RSS of a 1,000,000-access run, in a child process. Goal <= 300 MB.
+* sweep speed-up: an 8-point sweep with ``--jobs 2`` over ``--jobs 1``. Goal >= 1.7.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def peak_rss_mb(accesses: int) -> float:
     return int(out.strip().splitlines()[-1]) / 1024  # Linux reports KiB
 
 
-def run_bench(quick: bool = False, rss: bool = True) -> dict[str, Any]:
+def run_bench(quick: bool = False, rss: bool = True, sweep: bool = True) -> dict[str, Any]:
     scenario = load_scenario(BDW)
     n_model = 20_000 if quick else 100_000
     repeats = 2 if quick else 3
@@ -149,6 +150,14 @@ def run_bench(quick: bool = False, rss: bool = True) -> dict[str, Any]:
         n_rss = 100_000 if quick else 1_000_000
         figures["rss_accesses"] = n_rss
         figures["peak_rss_mb"] = peak_rss_mb(n_rss)
+    if sweep:
+        from sim.sweep import measure_sweep_speedup
+
+        speedup = measure_sweep_speedup(duration_ms=500.0 if quick else 2000.0)
+        figures["sweep_wall_s_jobs1"] = speedup["wall_s"][1]
+        figures["sweep_wall_s_jobs2"] = speedup["wall_s"][2]
+        figures["sweep_speedup_jobs2"] = speedup["speedup"]
+        figures["sweep_start_method"] = speedup["start_method"]
     figures["self_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return figures
 
@@ -160,6 +169,7 @@ GOALS = (
     ("list_lookup_ratio_8192_over_64", "<=", 1.5, "rangeset lookup, list, 8192/64"),
     ("rbtree_lookup_ratio_8192_over_64", "<=", 1.5, "rangeset lookup, rbtree, 8192/64"),
     ("peak_rss_mb", "<=", 300.0, "peak RSS (MB) of the RSS run"),
+    ("sweep_speedup_jobs2", ">=", 1.7, "8-point sweep, --jobs 2 over --jobs 1"),
 )
 
 
