@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Expand a sweep file (base scenario x axes x replications), run every point "
             "on a local process pool or on dask.distributed, and write points/, "
-            "points.csv, aggregate.csv (mean and 95%% CI) and the figures to "
+            "points.csv, aggregate.csv (mean and 95% CI) and the figures to "
             "results/sweeps/<sweep>/ or --out DIR. Finished runs are kept: running the "
             "same sweep again skips them and retries failed ones. Exit 1 if any run failed."
         ),

@@ -279,3 +279,13 @@ def test_every_file_is_checked_even_after_a_bad_one(capsys: pytest.CaptureFixtur
     captured = capsys.readouterr()
     assert str(bad) in captured.err
     assert "0 failed" in captured.out
+
+
+def test_readme_case_file_example_passes(tmp_path: Path) -> None:
+    """The case file shown in the README is a working regression test, not prose."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Case files") :]
+    start = section.index("```yaml") + len("```yaml")
+    example = tmp_path / "readme.yaml"
+    example.write_text(section[start : section.index("```", start)])
+    assert main(["select", "-q", str(example)]) == 0
