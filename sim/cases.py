@@ -53,9 +53,10 @@ from sim.ioreq import (
     IoreqDomain,
     IoreqServer,
     IoreqType,
+    PciSlot,
     RangeType,
     Route,
-    pci_sbdf,
+    parse_pci_slot,
 )
 from sim.rangeset import U64_MAX
 
@@ -127,38 +128,6 @@ def _gfn_span(value: Any) -> tuple[int, int]:
     return first, last
 
 
-_PCI_SLOT = re.compile(r"([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})\.([0-9a-fA-F])")
-
-
-@dataclass(frozen=True)
-class PciSlot:
-    bus: int
-    dev: int
-    fn: int
-
-    @property
-    def sbdf(self) -> int:
-        return pci_sbdf(self.bus, self.dev, self.fn)
-
-    def __str__(self) -> str:
-        return f"{self.bus:02x}:{self.dev:02x}.{self.fn:x}"
-
-
-def _pci_slot(value: Any) -> PciSlot:
-    """``"bus:dev.fn"`` in hex, segment 0: CF8 can only address segment 0."""
-    if not isinstance(value, str):
-        raise ValueError('expected a "bus:dev.fn" string in hex, e.g. "00:02.0"')
-    match = _PCI_SLOT.fullmatch(value.strip())
-    if match is None:
-        raise ValueError('expected "bus:dev.fn" in hex, e.g. "00:02.0"')
-    bus, dev, fn = (int(part, 16) for part in match.groups())
-    if dev > 0x1F:
-        raise ValueError(f"device {dev:#x} is above 0x1f (5 bits)")
-    if fn > 7:
-        raise ValueError(f"function {fn} is above 7 (3 bits)")
-    return PciSlot(bus, dev, fn)
-
-
 def _server_name(value: str) -> str:
     # Names are table cells and `expect` values: one word keeps both unambiguous.
     if not value or len(value.split()) != 1 or value != value.strip():
@@ -199,7 +168,7 @@ def _expected_ioreq(value: Any) -> ExpectedIoreq:
 
 AddressSpan = Annotated[tuple[int, int], PlainValidator(_address_span)]
 GfnSpan = Annotated[tuple[int, int], PlainValidator(_gfn_span)]
-PciSlotField = Annotated[PciSlot, PlainValidator(_pci_slot)]
+PciSlotField = Annotated[PciSlot, PlainValidator(parse_pci_slot)]
 ExpectedIoreqField = Annotated[ExpectedIoreq, PlainValidator(_expected_ioreq)]
 U64 = Annotated[int, Field(ge=0, le=U64_MAX)]
 

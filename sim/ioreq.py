@@ -28,9 +28,10 @@ Three designs for write-protected (PPGTT) guest pages are strategies chosen per 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from sim.rangeset import U64_MAX, Rangeset, RangesetImpl
 
@@ -90,6 +91,40 @@ class HypercallError(Exception):
 def pci_sbdf(bus: int, dev: int, fn: int, seg: int = 0) -> int:
     """``HVMOP_PCI_SBDF(seg, bus, dev, fn)``: ``seg<<16 | bus<<8 | dev<<3 | fn``."""
     return (seg << 16) | ((bus & 0xFF) << 8) | ((dev & 0x1F) << 3) | (fn & 7)
+
+
+_PCI_SLOT = re.compile(r"([0-9a-fA-F]{1,2}):([0-9a-fA-F]{1,2})\.([0-9a-fA-F])")
+
+
+@dataclass(frozen=True)
+class PciSlot:
+    """A PCI device address on segment 0 (CF8 can only address segment 0)."""
+
+    bus: int
+    dev: int
+    fn: int
+
+    @property
+    def sbdf(self) -> int:
+        return pci_sbdf(self.bus, self.dev, self.fn)
+
+    def __str__(self) -> str:
+        return f"{self.bus:02x}:{self.dev:02x}.{self.fn:x}"
+
+
+def parse_pci_slot(value: Any) -> PciSlot:
+    """``"bus:dev.fn"`` in hex, e.g. ``"00:02.0"``; ValueError says what is wrong."""
+    if not isinstance(value, str):
+        raise ValueError('expected a "bus:dev.fn" string in hex, e.g. "00:02.0"')
+    match = _PCI_SLOT.fullmatch(value.strip())
+    if match is None:
+        raise ValueError('expected "bus:dev.fn" in hex, e.g. "00:02.0"')
+    bus, dev, fn = (int(part, 16) for part in match.groups())
+    if dev > 0x1F:
+        raise ValueError(f"device {dev:#x} is above 0x1f (5 bits)")
+    if fn > 7:
+        raise ValueError(f"function {fn} is above 7 (3 bits)")
+    return PciSlot(bus, dev, fn)
 
 
 @dataclass(slots=True)

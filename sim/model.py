@@ -39,7 +39,7 @@ from typing import Any
 
 import simpy
 
-from sim.ioreq import Access, Design, IoreqDomain, IoreqServer, RangeType, pci_sbdf
+from sim.ioreq import Access, Design, IoreqDomain, IoreqServer, RangeType, parse_pci_slot
 from sim.scenario import ACCESS_KINDS, DeviceModel, EmpiricalDist, Guest, Scenario, read_empirical
 from sim.streams import make_sampler, stream
 from sim.workload import AccessGenerator, FrameAllocator, LivePages
@@ -451,9 +451,7 @@ class GuestRuntime:
             (RangeType.PORT, v.vga_ports),
         ):
             self.domain.map_io_range(self.xengt, rtype, s, e)
-        bus, devfn = v.pci.split(":")
-        dev, fn = devfn.split(".")
-        sbdf = pci_sbdf(int(bus, 16), int(dev, 16), int(fn, 16))
+        sbdf = parse_pci_slot(v.pci).sbdf
         self.domain.map_io_range(self.xengt, RangeType.PCI, sbdf, sbdf)
         self.device_models = {
             "qemu": DeviceModelServer(sim, self.name, qemu, config.qemu),

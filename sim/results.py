@@ -153,6 +153,19 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def provenance(argv: list[str] | None, started_utc: str, wall_s: float | None) -> dict[str, Any]:
+    """What every manifest records about how and where a result was made."""
+    return {
+        "tool": "vgpu-sim",
+        "tool_version": __version__,
+        "git_describe": git_describe(),
+        "versions": package_versions(),
+        "argv": argv if argv is not None else sys.argv,
+        "started_utc": started_utc,
+        "wall_s": wall_s,
+    }
+
+
 def manifest(
     scenario: Scenario,
     seed: int,
@@ -163,13 +176,7 @@ def manifest(
     started_utc: str,
 ) -> dict[str, Any]:
     return {
-        "tool": "vgpu-sim",
-        "tool_version": __version__,
-        "git_describe": git_describe(),
-        "versions": package_versions(),
-        "argv": argv if argv is not None else sys.argv,
-        "started_utc": started_utc,
-        "wall_s": result.wall_s,
+        **provenance(argv, started_utc, result.wall_s),
         "exception": None,
         "scenario_file": scenario_file,
         "scenario_name": scenario.name,

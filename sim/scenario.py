@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from sim.inputs import InputError, StrictModel, load_yaml, validate
+from sim.ioreq import parse_pci_slot
 
 SCHEMA_VERSION = 1
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -33,8 +34,21 @@ ACCESS_KINDS = ("mmio", "pio", "ppgtt_write", "other")
 NonNeg = Annotated[float, Field(ge=0)]
 Positive = Annotated[float, Field(gt=0)]
 Addr = Annotated[int, Field(ge=0, le=(1 << 64) - 1)]
+
+
+def _ordered_range(value: list[int]) -> list[int]:
+    if value[0] > value[1]:
+        raise ValueError(f"start {value[0]:#x} is above end {value[1]:#x}")
+    return value
+
+
+def _pci_address(value: str) -> str:
+    parse_pci_slot(value)  # validation only: the config keeps the user's spelling
+    return value
+
+
 # A YAML list [start, end]: strict validation refuses lists for tuple types.
-AddrRange = Annotated[list[Addr], Field(min_length=2, max_length=2)]
+AddrRange = Annotated[list[Addr], Field(min_length=2, max_length=2), AfterValidator(_ordered_range)]
 
 
 # -- distributions --------------------------------------------------------------------
@@ -255,7 +269,9 @@ class Vgpu(StrictModel):
     vga_ports: AddrRange = Field(
         [0x3B0, 0x3DF], description="[PUB] trapped PIO range in the same boot log."
     )
-    pci: str = Field("00:02.0", description="[CODE] the integrated GPU's PCI address.")
+    pci: Annotated[str, AfterValidator(_pci_address)] = Field(
+        "00:02.0", description="[CODE] the integrated GPU's PCI address."
+    )
     mmio_read_fraction: Annotated[float, Field(ge=0, le=1)] = Field(
         0.5, description="[ASSUMPTION] share of register MMIO traps that are reads."
     )
@@ -264,16 +280,6 @@ class Vgpu(StrictModel):
         default_factory=lambda: DeviceModel(service=_xengt_service()),
         description="The XenGT ioreq server's device model.",
     )
-
-    @model_validator(mode="after")
-    def _ranges_ordered(self) -> Vgpu:
-        for key in ("bar0_mmio", "vga_ports"):
-            s, e = getattr(self, key)
-            if s > e:
-                raise ValueError(f"{key}: start {s:#x} is above end {e:#x}")
-        if not re.fullmatch(r"[0-9a-fA-F]{1,2}:[0-1]?[0-9a-fA-F]\.[0-7]", self.pci):
-            raise ValueError(f"pci: {self.pci!r} is not a 'bus:dev.fn' address in hex")
-        return self
 
 
 class OtherDevices(StrictModel):
@@ -288,14 +294,6 @@ class OtherDevices(StrictModel):
     mmio_fraction: Annotated[float, Field(ge=0, le=1)] = Field(
         0.5, description="[ASSUMPTION] share of 'other' traps that are MMIO rather than PIO."
     )
-
-    @model_validator(mode="after")
-    def _ranges_ordered(self) -> OtherDevices:
-        for key in ("mmio", "ports"):
-            s, e = getattr(self, key)
-            if s > e:
-                raise ValueError(f"{key}: start {s:#x} is above end {e:#x}")
-        return self
 
 
 class Mix(StrictModel):

@@ -60,9 +60,8 @@ from typing import Annotated, Any, Literal, TextIO
 import numpy as np
 from pydantic import Field
 
-from sim import __version__
 from sim.inputs import InputError, StrictModel, load_yaml, validate
-from sim.results import dump_json, git_describe, package_versions, write_text_atomic
+from sim.results import dump_json, provenance, write_text_atomic
 from sim.runner import POINT_COLUMNS, run_point
 from sim.scenario import scenario_from_data, set_keypath, split_keypath
 
@@ -636,13 +635,7 @@ def _manifest(
     sweep: Sweep, status: str, argv: list[str] | None, started: str, wall_s: float | None
 ) -> dict[str, Any]:
     return {
-        "tool": "vgpu-sim",
-        "tool_version": __version__,
-        "git_describe": git_describe(),
-        "versions": package_versions(),
-        "argv": argv if argv is not None else sys.argv,
-        "started_utc": started,
-        "wall_s": wall_s,
+        **provenance(argv, started, wall_s),
         "status": status,
         "sweep_file": str(sweep.file),
         "sweep_sha256": sweep.sha256,

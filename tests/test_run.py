@@ -107,9 +107,10 @@ BAD = {
     ),
     "inverted-range": (
         HEAD + guest(vgpu="bar0_mmio: [0x2000, 0x1000]"),
-        "guests[0].vgpu",
+        "guests[0].vgpu.bar0_mmio",
         "above end",
     ),
+    "bad-pci": (HEAD + guest(vgpu='pci: "00:22.0"'), "guests[0].vgpu.pci", "above 0x1f"),
     "unknown-design": (HEAD + "xen: {design: xen-9}\n" + GUEST, "xen.design", "xen-4.6"),
     "mix-sum": (HEAD + guest(", mix: {mmio: 0.5}"), "guests[0].mix", "sum to 1"),
     "bad-yaml": ("schema_version: 1\nguests: [\n", "line", "invalid YAML"),
