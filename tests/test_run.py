@@ -252,3 +252,15 @@ def test_results_get_ordinary_permissions(tmp_path: Path) -> None:
     assert out.stat().st_mode & 0o777 == 0o755
     assert (out / "summary.csv").stat().st_mode & 0o777 == 0o644
     assert (out / "manifest.json").stat().st_mode & 0o777 == 0o644
+
+
+SHIPPED_SCENARIOS = sorted((ROOT / "scenarios").glob("*.yaml")) + sorted(SMALL.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED_SCENARIOS, ids=lambda p: p.name)
+def test_shipped_scenarios_validate_and_cite_sources(path: Path) -> None:
+    """Every shipped scenario validates, and says where its set-up comes from."""
+    assert main(["validate", str(path)]) == 0
+    text = path.read_text()
+    assert text.startswith("#"), "a shipped scenario opens with a comment on what it models"
+    assert "description:" in text
