@@ -187,10 +187,13 @@ def manifest(
     }
 
 
-def _umask() -> int:
+def ordinary_mode(directory: bool = False) -> int:
+    """The permissions a plain ``open()``/``mkdir()`` would give under the umask.
+
+    Atomic writes go through ``mkstemp``/``mkdtemp``, which make owner-only files."""
     mask = os.umask(0)  # reading the umask means setting it; put it straight back
     os.umask(mask)
-    return mask
+    return (0o777 if directory else 0o666) & ~mask
 
 
 @contextlib.contextmanager
@@ -202,8 +205,7 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     try:
         yield tmp
-        # mkdtemp makes the directory owner-only; results get the usual permissions.
-        os.chmod(tmp, 0o777 & ~_umask())
+        os.chmod(tmp, ordinary_mode(directory=True))
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -217,7 +219,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             fh.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it owner-only (0600)
+        os.chmod(tmp, ordinary_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
