@@ -12,10 +12,7 @@ and no backend is chosen here, so this works headless and in notebooks alike.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from sim.results import ordinary_mode
+from sim.results import atomic_file
 from sim.scenario import PLATFORMS, load_preset
 from sim.sweep import SweepResults, format_number, load_results
 
@@ -262,23 +259,11 @@ def save_figure(fig: Figure, stem: Path) -> list[Path]:
     """PNG and SVG; the SVG without a date and with fixed ids, so redraws diff cleanly."""
     png, svg = stem.with_suffix(".png"), stem.with_suffix(".svg")
     with matplotlib.rc_context({"svg.hashsalt": "vgpu-sim"}):
-        _save_atomic(fig, png, format="png", dpi=130)
-        _save_atomic(fig, svg, format="svg", metadata={"Date": None})
+        with atomic_file(png) as tmp:
+            fig.savefig(tmp, format="png", dpi=130)
+        with atomic_file(svg) as tmp:
+            fig.savefig(tmp, format="svg", metadata={"Date": None})
     return [png, svg]
-
-
-def _save_atomic(fig: Figure, path: Path, **kwargs: Any) -> None:
-    """Draw into a temporary file beside ``path`` and rename it: never a half figure."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, **kwargs)
-        os.chmod(tmp, ordinary_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def write_figures(directory: str | Path) -> list[Path]:

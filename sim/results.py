@@ -212,19 +212,26 @@ def atomic_directory(final: Path) -> Iterator[Path]:
         raise
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a file so that readers see the old content or the new, never a part."""
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` that replaces it only if the block succeeds,
+    so readers see the old content or the new, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
+        yield Path(tmp)
         os.chmod(tmp, ordinary_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_file(path) as tmp, tmp.open("w", encoding="utf-8", newline="") as fh:
+        fh.write(text)
 
 
 def dump_json(data: Any) -> str:
