@@ -200,13 +200,12 @@ class DeviceModelServer:
         config: DeviceModel,
     ) -> None:
         self.sim = sim
+        # The server column of the results, and the prefix of this model's stream names.
         self.label = f"{guest_name}/{server.name}"
-        self.server = server
         self.inbox = Inbox(sim.env)
-        prefix = f"{guest_name}/{server.name}"
-        self.wakeup = sim.sampler(config.wakeup, f"{prefix}/wakeup")
+        self.wakeup = sim.sampler(config.wakeup, f"{self.label}/wakeup")
         self.service = {
-            kind: sim.sampler(config.service.for_kind(kind), f"{prefix}/service/{kind}")
+            kind: sim.sampler(config.service.for_kind(kind), f"{self.label}/service/{kind}")
             for kind in ACCESS_KINDS
         }
         for _ in range(config.workers):
@@ -375,16 +374,21 @@ class PpgttLifecycle:
         base, extra = divmod(cfg.live_pages, n_ppgtts) if n_ppgtts else (0, 0)
         self.sizes = [base + (1 if i < extra else 0) for i in range(n_ppgtts)]
         self.ppgtts: list[list[int]] = [[] for _ in self.sizes]
+        costs = sim.scenario.costs
+        self.visit_ns, self.hypercall_ns = costs.visit_ns, costs.hypercall_ns
         for slot in range(n_ppgtts):
             self.create(slot)
         if cfg.lifetime_ms is not None:
             for slot in range(n_ppgtts):
                 sim.env.process(self.churn(slot, cfg.lifetime_ms * NS_PER_MS, n_ppgtts))
 
+    def _hypercall(self, visits: int) -> None:
+        """Account one map/unmap hypercall: its fixed cost plus its rangeset visits."""
+        self.sim.recorder.counters.hypercall_ns += self.hypercall_ns + visits * self.visit_ns
+
     def create(self, slot: int) -> None:
         g = self.guest
         counters = self.sim.recorder.counters
-        visit_ns, call_ns = self.sim.scenario.costs.visit_ns, self.sim.scenario.costs.hypercall_ns
         self.frames.restart_run()
         pages = []
         for _ in range(self.sizes[slot]):
@@ -397,14 +401,13 @@ class PpgttLifecycle:
                 counters.failed_maps += 1
                 counters.failed_map_errnos[rc] = counters.failed_map_errnos.get(rc, 0) + 1
             counters.map_visits += visits
-            counters.hypercall_ns += call_ns + visits * visit_ns
+            self._hypercall(visits)
         self.ppgtts[slot] = pages
         g.meter.update(g.range_count())
 
     def destroy(self, slot: int) -> None:
         g = self.guest
         counters = self.sim.recorder.counters
-        visit_ns, call_ns = self.sim.scenario.costs.visit_ns, self.sim.scenario.costs.hypercall_ns
         for gfn in self.ppgtts[slot]:
             g.live_pages.remove(gfn)
             if g.domain.is_write_protected(gfn):
@@ -412,7 +415,7 @@ class PpgttLifecycle:
                 rc, visits = g.domain.unprotect_rc(g.xengt, gfn, gfn)
                 if rc is not None:
                     counters.failed_unmaps += 1
-                counters.hypercall_ns += call_ns + visits * visit_ns
+                self._hypercall(visits)
             self.frames.release(gfn)
         self.ppgtts[slot] = []
         g.meter.update(g.range_count())
