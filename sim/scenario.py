@@ -506,13 +506,20 @@ def iter_dists(scenario: Scenario) -> list[tuple[str, Any]]:
     return out
 
 
-_EMPIRICAL_CACHE: dict[tuple[str, str | None], list[float]] = {}
+# Validation reads each CSV, and the model needs its values again: read once per file
+# version. The key includes size and mtime, so an edited CSV is read afresh in a
+# long-lived process (a notebook) rather than served stale.
+_EMPIRICAL_CACHE: dict[tuple[str, str | None, int, int], list[float]] = {}
 
 
 def read_empirical(base: Path, dist: EmpiricalDist, file: str | Path, keypath: str) -> list[float]:
     """Values of an empirical distribution's CSV column; errors name the scenario key."""
     path = (base / dist.file).resolve()
-    cache_key = (str(path), dist.column)
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise InputError(file, f"{keypath}.file", f"cannot read {dist.file}: {exc}") from None
+    cache_key = (str(path), dist.column, st.st_size, st.st_mtime_ns)
     if cache_key in _EMPIRICAL_CACHE:
         return _EMPIRICAL_CACHE[cache_key]
     try:

@@ -94,3 +94,18 @@ def test_shared_dom0_vcpus_add_contention() -> None:
     lat_private = overall(Simulation(private, base_dir=SMALL).run())["mean_ns"]
     lat_shared = overall(Simulation(shared, base_dir=SMALL).run())["mean_ns"]
     assert lat_shared > lat_private
+
+
+def test_an_edited_empirical_csv_is_read_afresh(tmp_path: Path) -> None:
+    """The CSV cache must not serve old values once the file changes (e.g. in a notebook)."""
+    import os
+
+    from sim.scenario import EmpiricalDist, read_empirical
+
+    path = tmp_path / "v.csv"
+    path.write_text("1000\n")
+    dist = EmpiricalDist(dist="empirical", file="v.csv")
+    assert read_empirical(tmp_path, dist, "s.yaml", "k") == [1000.0]
+    path.write_text("2000\n3000\n")
+    os.utime(path, ns=(1, 1))  # a different mtime even on a coarse-clock filesystem
+    assert read_empirical(tmp_path, dist, "s.yaml", "k") == [2000.0, 3000.0]
