@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
@@ -16,6 +15,7 @@ from sim.results import (
     manifest,
     summarize,
     summary_csv,
+    totals,
     write_text_atomic,
 )
 from sim.scenario import Scenario
@@ -100,7 +100,7 @@ def run_to_directory(
             seed,
             result,
             scenario_file=scenario_file,
-            argv=argv if argv is not None else sys.argv,
+            argv=argv,
             started_utc=started,
         )
         write_text_atomic(tmp / "summary.csv", summary_csv(rows))
@@ -136,23 +136,19 @@ def run_point(config: dict[str, Any], seed: int, base_dir: str) -> dict[str, Any
     guests); ``ranges`` is the XenGT servers' time-averaged rangeset node count during
     the measured part of the run (summed over guests), ``ranges_max`` its maximum.
     """
-    from sim.results import overall
-
     scenario = Scenario.model_validate(config, strict=False)
-    result = run_in_memory(scenario, seed, Path(base_dir))
-    c = result.counters
-    stats = overall(result)
-    measured_s = result.measured_ns / 1e9
+    tot = totals(run_in_memory(scenario, seed, Path(base_dir)))
+    stats = tot["overall"]
     return {
         "wp_pages": sum(g.vgpu.ppgtt.live_pages for g in scenario.guests),
-        "ranges": sum(r["mean"] for r in result.ranges.values()),
-        "ranges_max": sum(r["max"] for r in result.ranges.values()),
-        "accesses": c.accesses,
+        "ranges": sum(r["mean"] for r in tot["ranges"].values()),
+        "ranges_max": sum(r["max"] for r in tot["ranges"].values()),
+        "accesses": tot["accesses"],
         "p50_ns": stats["p50_ns"],
         "p99_ns": stats["p99_ns"],
         "mean_ns": stats["mean_ns"],
         "mean_visits": stats["mean_visits"],
-        "failed_maps": c.failed_maps,
-        "untracked_ppgtt_writes": c.untracked_ppgtt_writes,
-        "throughput_per_s": c.accesses / measured_s if measured_s > 0 else 0.0,
+        "failed_maps": tot["failed_maps"],
+        "untracked_ppgtt_writes": tot["untracked_ppgtt_writes"],
+        "throughput_per_s": tot["throughput_per_s"],
     }
