@@ -18,20 +18,25 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import random
 import resource
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import simpy
 
-from sim.model import Simulation
-from sim.rangeset import Rangeset
-from sim.scenario import Scenario, load_scenario
+from sim.model.scenario import Scenario, load_scenario
+from sim.model.simulation import Simulation
+from sim.study.executors import process_start_method
+from sim.study.sweep import run_sweep
+from sim.study.sweepfile import load_sweep
+from sim.xen.rangeset import Rangeset
 
 BDW = Path(__file__).resolve().parent.parent / "scenarios" / "bdw.yaml"
 
@@ -110,7 +115,7 @@ def peak_rss_mb(accesses: int) -> float:
     code = (
         "import resource, sys\n"
         "from sim.bench import BDW, model_s_per_access\n"
-        "from sim.scenario import load_scenario\n"
+        "from sim.model.scenario import load_scenario\n"
         f"model_s_per_access(load_scenario(BDW), {accesses})\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
     )
@@ -151,8 +156,6 @@ def run_bench(quick: bool = False, rss: bool = True, sweep: bool = True) -> dict
         figures["rss_accesses"] = n_rss
         figures["peak_rss_mb"] = peak_rss_mb(n_rss)
     if sweep:
-        from sim.sweep import measure_sweep_speedup
-
         speedup = measure_sweep_speedup(duration_ms=500.0 if quick else 2000.0)
         figures["sweep_wall_s_jobs1"] = speedup["wall_s"][1]
         figures["sweep_wall_s_jobs2"] = speedup["wall_s"][2]
@@ -200,3 +203,50 @@ def format_report(f: dict[str, Any]) -> str:
 
 def main_json(figures: dict[str, Any]) -> str:
     return json.dumps(figures, indent=2, sort_keys=True)
+
+
+def measure_sweep_speedup(
+    jobs: Sequence[int] = (1, 2), points: int = 8, duration_ms: float = 2000.0
+) -> dict[str, Any]:
+    """Wall time of the same sweep run with each ``jobs`` value, and the speed-up.
+
+    A benchmark figure, never a timed test. The sweep has ``points`` points of nearly
+    equal cost (xen-4.6 + rbtree, page counts 256 + i, one replication each), so the
+    ideal speed-up is the number of jobs. The time covers everything ``vgpu-sim sweep``
+    does except drawing the figures: validation, pool start-up, runs, atomic writes and
+    CSVs. ``speedup`` is the time with the first ``jobs`` value over the last.
+    """
+    if points < 1 or not jobs:
+        raise ValueError("need at least one point and one jobs value")
+    sweep_yaml = {
+        "schema_version": 1,
+        "description": "speed-up benchmark",
+        "base": {
+            "schema_version": 1,
+            "platform": "bdw",
+            "duration_ms": duration_ms,
+            "warmup_ms": 5,
+            "xen": {"design": "xen-4.6", "rangeset": "rbtree", "max_nr_io_ranges": None},
+            "guests": [{"name": "vm1", "vcpus": 2, "vgpu": {}}],
+        },
+        "axes": {"guests[0].vgpu.ppgtt.live_pages": [256 + i for i in range(points)]},
+        "replications": 1,
+        "seed": 1,
+    }
+    walls: dict[int, float] = {}
+    with tempfile.TemporaryDirectory(prefix="vgpu-sim-speedup-") as tmp:
+        sweep_file = Path(tmp) / "speedup.yaml"
+        sweep_file.write_text(json.dumps(sweep_yaml), encoding="utf-8")  # JSON is YAML
+        sweep = load_sweep(sweep_file)
+        for n in jobs:
+            t0 = time.perf_counter()
+            run_sweep(sweep, Path(tmp) / f"jobs{n}", jobs=n, progress="none", plot=False)
+            walls[n] = time.perf_counter() - t0
+    return {
+        "points": points,
+        "duration_ms": duration_ms,
+        "cpu_count": os.cpu_count(),
+        "start_method": process_start_method(),
+        "wall_s": walls,
+        "speedup": walls[jobs[0]] / walls[jobs[-1]],
+    }

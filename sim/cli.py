@@ -14,8 +14,8 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from sim import __version__
 from sim.inputs import InputError
+from sim.version import __version__
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -23,7 +23,7 @@ EXIT_BAD_INPUT = 2
 
 
 def _cmd_select(args: argparse.Namespace) -> int:
-    from sim.cases import run_case_file
+    from sim.xen.casereport import run_case_file
 
     # Check every file even when one is broken; the worst outcome sets the exit status.
     status = EXIT_OK
@@ -54,7 +54,7 @@ def _tty_progress(label: str, enabled: bool) -> Iterator[Callable[[float, float]
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from sim.scenario import load_scenario
+    from sim.model.scenario import load_scenario
 
     for path in args.files:
         scenario = load_scenario(path)
@@ -63,9 +63,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from sim.results import correctness_warning, format_table
-    from sim.runner import default_run_dir, run_to_directory
-    from sim.scenario import load_scenario, parse_override
+    from sim.inputs import parse_override
+    from sim.model.runner import default_run_dir, run_to_directory
+    from sim.model.scenario import load_scenario
+    from sim.model.summary import correctness_warning, format_table
 
     overrides = [parse_override(text) for text in args.set or []]
     scenario = load_scenario(args.scenario, overrides)
@@ -110,7 +111,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from sim.sweep import default_out_dir, format_aggregate, load_results, load_sweep, run_sweep
+    from sim.study.sweep import run_sweep
+    from sim.study.sweepfile import default_out_dir, load_sweep
+    from sim.study.tables import format_aggregate, load_results
 
     sweep = load_sweep(args.sweep)
     backend = args.backend or ("dask" if args.scheduler else "process")
@@ -142,7 +145,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from sim.plot import write_figures
+    from sim.study.plot import write_figures
 
     files = write_figures(args.results_dir)
     if not files:

@@ -7,6 +7,7 @@ traceback. Validation is strict: unknown keys and wrong types are errors, never 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -129,3 +130,70 @@ def validate(model: type[M], data: Any, file: str | Path, prefix: Sequence[int |
             extra = f" (and {len(errors) - 6} more)" if len(errors) > 6 else ""
             problem = f"{problem}; also {more}{extra}"
         raise InputError(file, keypath or "(top level)", problem) from None
+
+
+# -- key paths into a document (--set, sweep axes) ------------------------------------
+_PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def split_keypath(keypath: str) -> list[str | int]:
+    """``guests[0].vcpus`` or ``guests.0.vcpus`` -> ``["guests", 0, "vcpus"]``."""
+    parts: list[str | int] = []
+    pos = 0
+    for m in _PATH_PART.finditer(keypath):
+        between = keypath[pos : m.start()]
+        if between not in ("", "."):
+            raise ValueError(f"cannot parse key path {keypath!r}")
+        pos = m.end()
+        if m.group(2) is not None:
+            parts.append(int(m.group(2)))
+        else:
+            name = m.group(1)
+            parts.append(int(name) if name.isdigit() else name)
+    if not parts or pos != len(keypath):
+        raise ValueError(f"cannot parse key path {keypath!r}")
+    return parts
+
+
+def set_keypath(data: dict[str, Any], keypath: str, value: Any, source: str) -> None:
+    """Set ``value`` at ``keypath`` in raw scenario data, creating mappings as needed.
+
+    The schema decides afterwards whether the key exists; indexing past the end of a
+    list, or into a scalar, is an error here.
+    """
+    try:
+        parts = split_keypath(keypath)
+    except ValueError as exc:
+        raise InputError(source, keypath, str(exc)) from None
+    node: Any = data
+    for depth, part in enumerate(parts[:-1]):
+        here = ".".join(str(p) for p in parts[: depth + 1])
+        if isinstance(part, int):
+            if not isinstance(node, list) or part >= len(node):
+                raise InputError(source, keypath, f"{here}: no such list item")
+            node = node[part]
+        else:
+            if not isinstance(node, dict):
+                raise InputError(source, keypath, f"{here}: not a mapping")
+            node = node.setdefault(part, {})
+    last = parts[-1]
+    if isinstance(last, int):
+        if not isinstance(node, list) or last >= len(node):
+            raise InputError(source, keypath, "no such list item")
+        node[last] = value
+    else:
+        if not isinstance(node, dict):
+            raise InputError(source, keypath, "parent is not a mapping")
+        node[last] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``KEY.PATH=VALUE`` with VALUE read as a YAML scalar or flow collection."""
+    if "=" not in text:
+        raise InputError("--set", text, "expected KEY.PATH=VALUE")
+    key, _, raw = text.partition("=")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise InputError("--set", key, f"value {raw!r} is not valid YAML: {exc}") from None
+    return key.strip(), value

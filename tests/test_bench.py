@@ -12,10 +12,11 @@ from sim.bench import (
     format_report,
     minimal_round_trip_s,
     model_s_per_access,
+    peak_rss_mb,
     rangeset_lookup_s,
     with_ranges,
 )
-from sim.scenario import load_scenario
+from sim.model.scenario import load_scenario
 
 
 def test_with_ranges_builds_the_scaled_scenario() -> None:
@@ -32,6 +33,11 @@ def test_measurements_run_on_tiny_sizes() -> None:
     assert rangeset_lookup_s(64, "rbtree", 200) > 0
     small = with_ranges(load_scenario(BDW), 64, "list")
     assert model_s_per_access(small, 300) > 0
+
+
+def test_peak_rss_child_runs() -> None:
+    """The RSS figure comes from a child process running code from a string: run it."""
+    assert peak_rss_mb(500) > 10
 
 
 def test_report_names_every_goal() -> None:

@@ -1,4 +1,4 @@
-"""Tests for :mod:`sim.ioreq`: ioreq-server selection, the map/unmap hypercalls and the
+"""Tests for :mod:`sim.xen.ioreq`: ioreq-server selection, the map/unmap hypercalls and the
 three write-protection designs.
 
 Xen sources (see ``shared/reference/xen-semantics.md`` §3 and §6):
@@ -21,18 +21,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sim.ioreq import (
-    PAGE_SHIFT,
-    Access,
-    Design,
-    HypercallError,
-    IoreqDomain,
-    IoreqServer,
-    IoreqType,
-    RangeType,
-    pci_sbdf,
-)
-from sim.rangeset import RangesetImpl
+from sim.xen.abi import PAGE_SHIFT, IoreqType, RangeType, pci_sbdf
+from sim.xen.ioreq import Access, Design, HypercallError, IoreqDomain, IoreqServer
+from sim.xen.rangeset import RangesetImpl
 
 BAR = (0xF000_0000, 0xF0FF_FFFF)
 

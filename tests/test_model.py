@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from sim.model import Simulation
-from sim.results import overall, summarize
-from sim.scenario import load_scenario
-from sim.streams import make_sampler, stream
+from sim.model.scenario import load_scenario
+from sim.model.simulation import Simulation
+from sim.model.streams import make_sampler, stream
+from sim.model.summary import overall, summarize
 
 SMALL = Path(__file__).resolve().parent.parent / "scenarios" / "small"
 
@@ -79,7 +79,7 @@ def test_empirical_column_errors_name_the_key(tmp_path: Path) -> None:
 
 
 def test_lognormal_sampler_has_the_configured_mean() -> None:
-    from sim.scenario import lognorm
+    from sim.model.dists import lognorm
 
     draw = make_sampler(lognorm(2000, 0.5), stream(1, "x"))
     values = [draw() for _ in range(40_000)]
@@ -100,7 +100,7 @@ def test_an_edited_empirical_csv_is_read_afresh(tmp_path: Path) -> None:
     """The CSV cache must not serve old values once the file changes (e.g. in a notebook)."""
     import os
 
-    from sim.scenario import EmpiricalDist, read_empirical
+    from sim.model.dists import EmpiricalDist, read_empirical
 
     path = tmp_path / "v.csv"
     path.write_text("1000\n")

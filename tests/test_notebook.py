@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sim.sweep import load_sweep, run_sweep
+from sim.study.sweep import run_sweep
+from sim.study.sweepfile import load_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "latency_vs_ranges.ipynb"

@@ -1,4 +1,4 @@
-"""Tests for :mod:`sim.rangeset`, Xen's rangeset and its modelled lookup costs.
+"""Tests for :mod:`sim.xen.rangeset`, Xen's rangeset and its modelled lookup costs.
 
 Rules come from ``xen/common/rangeset.c`` at RELEASE-4.6.0 (the algorithms are the same
 at RELEASE-4.5.0), as summarised in ``shared/reference/xen-semantics.md`` §1 and §6.
@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from sim.rangeset import U64_MAX, Rangeset, RangesetFull, RangesetImpl
+from sim.xen.rangeset import U64_MAX, Rangeset, RangesetFull, RangesetImpl
 
 Span = tuple[int, int]
 

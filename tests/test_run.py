@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from sim import model
+import sim.model.simulation as model
 from sim.cli import main
-from sim.results import SUMMARY_COLUMNS
+from sim.model.summary import SUMMARY_COLUMNS
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ROOT / "scenarios" / "small"

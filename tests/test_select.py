@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sim.cases import load_case_file, run_case, run_case_file
 from sim.cli import main
 from sim.inputs import InputError
+from sim.xen.casefile import load_case_file
+from sim.xen.casereport import run_case, run_case_file
 
 ROOT = Path(__file__).resolve().parent.parent
 SELECTION = ROOT / "scenarios" / "selection"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -12,19 +13,16 @@ from typing import Any
 import pytest
 import yaml
 
-import sim.runner
-import sim.sweep
+import sim.model.runner
+import sim.study.executors
+import sim.study.sweep
 from sim.cli import main
 from sim.inputs import InputError
-from sim.runner import POINT_COLUMNS
-from sim.sweep import (
-    derive_seed,
-    load_results,
-    load_sweep,
-    mean_ci95,
-    run_sweep,
-    t_quantile_975,
-)
+from sim.model.runner import POINT_COLUMNS
+from sim.study.stats import mean_ci95
+from sim.study.sweep import run_sweep
+from sim.study.sweepfile import derive_seed, load_sweep
+from sim.study.tables import load_results
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = sorted((ROOT / "scenarios" / "sweeps").glob("*.yaml"))
@@ -77,7 +75,7 @@ def tiny(tmp_path: Path) -> Path:
     return write_sweep(tmp_path, sweep_data())
 
 
-def run_quiet(sweep_file: Path, out: Path, **kwargs: Any) -> sim.sweep.SweepOutcome:
+def run_quiet(sweep_file: Path, out: Path, **kwargs: Any) -> sim.study.sweep.SweepOutcome:
     kwargs.setdefault("progress", "none")
     kwargs.setdefault("plot", False)
     return run_sweep(load_sweep(sweep_file), out, **kwargs)
@@ -266,7 +264,7 @@ class CountingRunPoint:
         self.calls.append((pages, seed))
         if pages == self.fail_pages and config["xen"]["design"] == "p2m-ioreq-server":
             raise RuntimeError("injected failure")
-        return sim.runner.run_point(config, seed, base_dir)
+        return sim.model.runner.run_point(config, seed, base_dir)
 
 
 def test_rerun_skips_finished_points_and_redoes_a_deleted_one(
@@ -280,7 +278,7 @@ def test_rerun_skips_finished_points_and_redoes_a_deleted_one(
     victim.unlink()
 
     counter = CountingRunPoint()
-    monkeypatch.setattr(sim.sweep, "run_point", counter)
+    monkeypatch.setattr(sim.study.executors, "run_point", counter)
     outcome = run_quiet(tiny, out, jobs=1)
     assert (outcome.reused, outcome.ran) == (7, 1)
     assert [seed for _, seed in counter.calls] == [saved["seed"]]
@@ -300,7 +298,7 @@ def test_a_failing_point_is_recorded_the_rest_finish_and_exit_is_1(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = tmp_path / "out"
-    monkeypatch.setattr(sim.sweep, "run_point", CountingRunPoint(fail_pages=64))
+    monkeypatch.setattr(sim.study.executors, "run_point", CountingRunPoint(fail_pages=64))
     argv = ["sweep", str(tiny), "--jobs", "1", "--out", str(out), "--no-plot"]
     assert main(argv) == 1
     assert "2 runs failed" in capsys.readouterr().err
@@ -323,7 +321,7 @@ def test_a_failing_point_is_recorded_the_rest_finish_and_exit_is_1(
 
     # Once the cause is gone, a re-run retries only the failed runs and succeeds.
     counter = CountingRunPoint()
-    monkeypatch.setattr(sim.sweep, "run_point", counter)
+    monkeypatch.setattr(sim.study.executors, "run_point", counter)
     assert main(argv) == 0
     assert len(counter.calls) == 2
     assert not any(r["error"] for r in load_results(out).points)
@@ -333,7 +331,7 @@ def test_interrupt_keeps_finished_points_and_writes_no_csv(
     tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out = tmp_path / "out"
-    monkeypatch.setattr(sim.sweep, "run_point", CountingRunPoint(interrupt_after=3))
+    monkeypatch.setattr(sim.study.executors, "run_point", CountingRunPoint(interrupt_after=3))
     with pytest.raises(KeyboardInterrupt):
         run_quiet(tiny, out, jobs=1)
     assert len(list((out / "points").glob("*.json"))) == 3
@@ -343,11 +341,11 @@ def test_interrupt_keeps_finished_points_and_writes_no_csv(
     assert leftovers == []
     assert json.loads((out / "sweep.json").read_text())["status"] == "running"
 
-    monkeypatch.setattr(sim.sweep, "run_point", CountingRunPoint(interrupt_after=0))
+    monkeypatch.setattr(sim.study.executors, "run_point", CountingRunPoint(interrupt_after=0))
     assert main(["sweep", str(tiny), "--jobs", "1", "--out", str(out), "--no-plot"]) == 130
 
     counter = CountingRunPoint()
-    monkeypatch.setattr(sim.sweep, "run_point", counter)
+    monkeypatch.setattr(sim.study.executors, "run_point", counter)
     outcome = run_quiet(tiny, out, jobs=1)
     assert (outcome.reused, outcome.ran, len(counter.calls)) == (3, 5, 5)
     assert (out / "points.csv").exists()
@@ -366,10 +364,10 @@ def test_stopping_the_process_pool_runs_no_more_queued_tasks(
 ) -> None:
     """What Ctrl-C does to the pool: queued tasks are cancelled, not run to the end."""
     # Forked workers inherit the stand-in; the point is the parent's cancelling.
-    monkeypatch.setattr(sim.sweep, "run_point", _slow_marked_run)
-    monkeypatch.setattr(sim.sweep, "process_start_method", lambda: "fork")
+    monkeypatch.setattr(sim.study.executors, "run_point", _slow_marked_run)
+    monkeypatch.setattr(sim.study.executors, "process_start_method", lambda: "fork")
     items = [(i, ({}, i, str(tmp_path))) for i in range(30)]
-    outcomes = sim.sweep._run_process_pool(items, jobs=2)
+    outcomes = sim.study.executors._run_process_pool(items, jobs=2)
     next(outcomes)
     outcomes.close()  # what an interrupt in the consuming loop does
     time.sleep(2.5)  # long enough for ~16 more tasks if the pool kept going
@@ -433,11 +431,15 @@ def test_plot_of_a_directory_without_csvs_is_bad_input(
     assert "points.csv" in capsys.readouterr().err
 
 
-def test_t_quantiles_and_confidence_intervals() -> None:
+def test_confidence_intervals_use_students_t() -> None:
+    """Half-width = t(0.975, n-1) * s / sqrt(n), with t from tables (SciPy computes it)."""
     known = {1: 12.706204736, 2: 4.302652730, 4: 2.776445105, 9: 2.262157163, 30: 2.042272456}
-    for df, value in known.items():
-        assert t_quantile_975(df) == pytest.approx(value, abs=1e-6)
-    assert t_quantile_975(100_000) == pytest.approx(1.959963985, abs=1e-4)
+    for df, t in known.items():
+        values = [float(i * i % 7) for i in range(df + 1)]
+        mean, half = mean_ci95(values)
+        sd = statistics.stdev(values)
+        assert mean == pytest.approx(statistics.fmean(values))
+        assert half == pytest.approx(t * sd / math.sqrt(df + 1), rel=1e-8)
     mean, half = mean_ci95([1.0, 2.0, 3.0])
     assert mean == 2.0
     assert half == pytest.approx(4.302652730 / math.sqrt(3))

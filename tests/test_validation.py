@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sim.ioreq import RangeType
-from sim.model import Simulation
-from sim.results import overall
-from sim.runner import run_to_directory
-from sim.scenario import Scenario, load_scenario
+from sim.model.runner import run_to_directory
+from sim.model.scenario import Scenario, load_scenario
+from sim.model.simulation import Simulation
+from sim.model.summary import overall
+from sim.xen.abi import RangeType
 
 SMALL = Path(__file__).resolve().parent.parent / "scenarios" / "small"
 

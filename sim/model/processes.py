@@ -1,4 +1,4 @@
-"""The SimPy model: guest vCPUs trap, hypervisor pCPUs route, device models serve.
+"""The SimPy processes: guest vCPUs trap, hypervisor pCPUs route, device models serve.
 
 Three roles, each a SimPy process (time in ns):
 
@@ -11,9 +11,9 @@ Three roles, each a SimPy process (time in ns):
 ``HypervisorCpu``
     One per physical CPU, because Xen handles an exit on the pCPU that ran the vCPU.
     For an exit: VM exit, decode, server selection (visits x ``visit_ns``, the visits
-    coming from ``sim.ioreq`` for the domain's design and rangeset), then the ioreq write
-    and event-channel notify. For a reply: wake the vCPU, resume and VM entry. A pCPU
-    works on one thing at a time, so vCPUs pinned to the same pCPU contend.
+    coming from ``sim.xen.ioreq`` for the domain's design and rangeset), then the ioreq
+    write and event-channel notify. For a reply: wake the vCPU, resume and VM entry. A
+    pCPU works on one thing at a time, so vCPUs pinned to the same pCPU contend.
 ``DeviceModelWorker``
     ``workers`` threads per ioreq server (XenGT's, and QEMU as the default server). An
     idle thread pays a dom0 wake-up before it serves; dom0 vCPUs may be a pool shared by
@@ -24,25 +24,24 @@ model write-protects each page-table page with a map hypercall and unprotects it
 destroy. When ``max_nr_io_ranges`` is spent the map fails as in Xen, the page keeps its
 RAM type, and guest writes to it are not trapped: ``untracked_ppgtt_writes``.
 
-Everything is wired in :class:`Simulation`, in one place.
+They are wired together in :class:`sim.model.simulation.Simulation`, in one place.
 """
 
 from __future__ import annotations
 
-import time
-from array import array
 from collections import deque
-from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
 
 import simpy
 
-from sim.ioreq import Access, Design, IoreqDomain, IoreqServer, RangeType, parse_pci_slot
-from sim.scenario import ACCESS_KINDS, DeviceModel, EmpiricalDist, Guest, Scenario, read_empirical
-from sim.streams import make_sampler, stream
-from sim.workload import AccessGenerator, FrameAllocator, LivePages
+from sim.model.recorder import Trap
+from sim.model.scenario import ACCESS_KINDS, DeviceModel
+from sim.model.workload import FrameAllocator
+from sim.xen.ioreq import IoreqServer
+
+if TYPE_CHECKING:
+    from sim.model.simulation import GuestRuntime, Simulation
 
 Process = Generator[simpy.Event, Any, None]
 NS_PER_MS = 1_000_000
@@ -74,119 +73,6 @@ class Inbox:
         ev = self._env.event()
         self._takers.append(ev)
         return ev
-
-
-class Trap:
-    """One trapped access on its way through Xen and a device model."""
-
-    __slots__ = (
-        "access",
-        "dm",
-        "done",
-        "handler",
-        "kind",
-        "t_resumed",
-        "t_selected",
-        "t_served",
-        "t_trap",
-        "vcpu",
-        "visits",
-    )
-
-    def __init__(
-        self, vcpu: Vcpu, kind: str, access: Access, t_trap: float, done: simpy.Event
-    ) -> None:
-        # t_selected, t_served and t_resumed are set on the way, always before use.
-        self.vcpu = vcpu
-        self.kind = kind
-        self.access = access
-        self.t_trap = t_trap
-        self.done = done
-        self.dm: DeviceModelServer | None = None
-        self.handler = ""
-        self.visits = 0
-
-
-@dataclass
-class Counters:
-    """Run-wide counts that are not per-access latencies."""
-
-    accesses: int = 0  # completed traps inside the measurement window
-    traps_total: int = 0  # completed traps including warm-up
-    maps: int = 0
-    failed_maps: int = 0
-    unmaps: int = 0
-    failed_unmaps: int = 0
-    map_visits: int = 0
-    hypercall_ns: float = 0.0
-    untracked_ppgtt_writes: int = 0
-    null_handled: int = 0
-    failed_map_errnos: dict[str, int] = field(default_factory=dict)
-
-
-class Recorder:
-    """Per-access latencies and visits, grouped by (access kind, handler).
-
-    Plain ``array`` columns: 16 bytes per access, so a 10^6-access run stays small.
-    """
-
-    def __init__(
-        self,
-        warmup_ns: float,
-        max_accesses: int | None,
-        stop: simpy.Event,
-        trace: Callable[[Trap], None] | None,
-    ) -> None:
-        self.warmup_ns = warmup_ns
-        self.max_accesses = max_accesses
-        self.stop = stop
-        self.trace = trace
-        self.groups: dict[tuple[str, str], tuple[array[float], array[int]]] = {}
-        self.counters = Counters()
-
-    def record(self, trap: Trap) -> None:
-        c = self.counters
-        c.traps_total += 1
-        if self.trace is not None:
-            self.trace(trap)
-        if trap.t_trap < self.warmup_ns:
-            return
-        key = (trap.kind, trap.handler)
-        group = self.groups.get(key)
-        if group is None:
-            group = self.groups[key] = (array("d"), array("q"))
-        group[0].append(trap.t_resumed - trap.t_trap)
-        group[1].append(trap.visits)
-        c.accesses += 1
-        if c.accesses == self.max_accesses and not self.stop.triggered:
-            self.stop.succeed()
-
-
-class RangeCountMeter:
-    """Time-weighted mean and maximum of the XenGT server's rangeset nodes."""
-
-    def __init__(self, env: simpy.Environment, start: float) -> None:
-        self.env = env
-        self.start = start
-        self.last_t = 0.0
-        self.value = 0
-        self.area = 0.0
-        self.max = 0
-        self.at_start = 0
-
-    def update(self, value: int) -> None:
-        now = self.env.now
-        if now > self.start:
-            self.area += self.value * (now - max(self.last_t, self.start))
-        self.last_t = now
-        self.value = value
-        self.max = max(self.max, value)
-
-    def mean(self, end: float) -> float:
-        span = end - self.start
-        if span <= 0:
-            return float(self.value)
-        return (self.area + self.value * (end - max(self.last_t, self.start))) / span
 
 
 class DeviceModelServer:
@@ -428,154 +314,3 @@ class PpgttLifecycle:
             self.destroy(slot)
             self.create(slot)
             yield env.timeout(lifetime_ns)
-
-
-class GuestRuntime:
-    """One guest domain: its ioreq servers, device models, vCPUs and PPGTTs."""
-
-    def __init__(self, sim: Simulation, config: Guest, first_pcpu: int) -> None:
-        self.sim = sim
-        self.config = config
-        self.name = config.name
-        x = sim.scenario.xen
-        self.domain = IoreqDomain(
-            design=Design(x.design),
-            impl=x.rangeset,
-            max_nr_io_ranges=x.max_nr_io_ranges,
-            mmio_window=x.mmio_window,
-        )
-        # QEMU's default server exists first (created implicitly when QEMU reads
-        # HVM_PARAM_IOREQ_PFN); XenGT's server is newer, so Xen tries it first.
-        qemu = self.domain.create_server("qemu", default=True)
-        self.xengt = self.domain.create_server("xengt")
-        v = config.vgpu
-        for rtype, (s, e) in (
-            (RangeType.MEMORY, v.bar0_mmio),
-            (RangeType.PORT, v.vga_ports),
-        ):
-            self.domain.map_io_range(self.xengt, rtype, s, e)
-        sbdf = parse_pci_slot(v.pci).sbdf
-        self.domain.map_io_range(self.xengt, RangeType.PCI, sbdf, sbdf)
-        self.device_models = {
-            "qemu": DeviceModelServer(sim, self.name, qemu, config.qemu),
-            "xengt": DeviceModelServer(sim, self.name, self.xengt, v.device_model),
-        }
-        self.live_pages = LivePages()
-        self.meter = RangeCountMeter(sim.env, sim.warmup_ns)
-        self.ppgtt = PpgttLifecycle(sim, self)
-        self.meter.at_start = self.range_count()
-        self.workload = AccessGenerator(
-            config, self.live_pages, sim.rng(f"{self.name}/mix"), sim.rng(f"{self.name}/addr")
-        )
-        self.vcpus = [
-            Vcpu(sim, self, i, sim.pcpus[(first_pcpu + i) % len(sim.pcpus)])
-            for i in range(config.vcpus)
-        ]
-
-    def range_count(self) -> int:
-        return self.domain.range_count(self.xengt)
-
-
-@dataclass
-class RunResult:
-    """What a run produced: grouped samples, counters and timings (plain records)."""
-
-    groups: dict[tuple[str, str], tuple[array[float], array[int]]]
-    counters: Counters
-    sim_time_ns: float
-    measured_ns: float
-    wall_s: float
-    ranges: dict[str, dict[str, float]]
-
-
-class Simulation:
-    """Builds the model for one scenario and seed, and runs it."""
-
-    def __init__(
-        self,
-        scenario: Scenario,
-        seed: int | None = None,
-        base_dir: str | Path = ".",
-        trace: Callable[[Trap], None] | None = None,
-    ) -> None:
-        self.scenario = scenario
-        self.seed = scenario.seed if seed is None else seed
-        self.base_dir = Path(base_dir)
-        self.env = simpy.Environment()
-        self.warmup_ns = scenario.warmup_ms * NS_PER_MS
-        self.end_ns = scenario.duration_ms * NS_PER_MS
-        self.stop = self.env.event()
-        self.recorder = Recorder(self.warmup_ns, scenario.max_accesses, self.stop, trace)
-        h = scenario.host
-        n_vcpus = sum(g.vcpus for g in scenario.guests)
-        self.dom0: simpy.Resource | None = (
-            simpy.Resource(self.env, capacity=h.dom0_vcpus) if h.dom0_vcpus else None
-        )
-        self.pcpus = [HypervisorCpu(self, i) for i in range(h.pcpus or n_vcpus)]
-        self.guests: list[GuestRuntime] = []
-        first = 0
-        for g in scenario.guests:
-            self.guests.append(GuestRuntime(self, g, first))
-            first += g.vcpus
-        pinned = [0] * len(self.pcpus)
-        for guest in self.guests:
-            for vcpu in guest.vcpus:
-                pinned[vcpu.pcpu.index] += 1
-        for pcpu, count in zip(self.pcpus, pinned, strict=True):
-            pcpu.dedicated = count <= 1
-
-    def rng(self, name: str) -> Any:
-        return stream(self.seed, name)
-
-    def sampler(self, dist: Any, name: str) -> Callable[[], float]:
-        values = None
-        if isinstance(dist, EmpiricalDist):
-            values = read_empirical(self.base_dir, dist, "(scenario)", name)
-        return make_sampler(dist, self.rng(name), values)
-
-    def _timer(self) -> Process:
-        yield self.env.timeout(self.end_ns)
-        if not self.stop.triggered:
-            self.stop.succeed()
-
-    def run(self, progress: Callable[[float, float], None] | None = None) -> RunResult:
-        """Run to ``duration_ms`` (or ``max_accesses``). ``progress(now, end)`` is called
-        from a low-rate SimPy process, never from the hot path."""
-        env = self.env
-        env.process(self._timer())
-        if progress is not None:
-            env.process(self._progress(progress))
-        t0 = time.perf_counter()
-        env.run(until=self.stop)
-        wall = time.perf_counter() - t0
-        end = env.now
-        ranges = {
-            g.name: {
-                "at_start": g.meter.at_start,
-                "mean": g.meter.mean(end),
-                "max": g.meter.max,
-                "final": g.range_count(),
-            }
-            for g in self.guests
-        }
-        return RunResult(
-            groups=self.recorder.groups,
-            counters=self.recorder.counters,
-            sim_time_ns=end,
-            measured_ns=max(0.0, end - self.warmup_ns),
-            wall_s=wall,
-            ranges=ranges,
-        )
-
-    def _progress(self, report: Callable[[float, float], None]) -> Process:
-        # Adapt the simulated-time step so that reports land about twice a second.
-        env = self.env
-        step = self.end_ns / 1000
-        last_wall = time.perf_counter()
-        while True:
-            yield env.timeout(step)
-            now_wall = time.perf_counter()
-            elapsed = max(now_wall - last_wall, 1e-6)
-            step = min(max(step * 0.5 / elapsed, self.end_ns / 10_000), self.end_ns / 4)
-            last_wall = now_wall
-            report(env.now, self.end_ns)

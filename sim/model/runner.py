@@ -8,17 +8,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-from sim.model import RunResult, Simulation, Trap
-from sim.results import (
-    atomic_directory,
-    dump_json,
-    manifest,
-    summarize,
-    summary_csv,
-    totals,
-    write_text_atomic,
-)
-from sim.scenario import Scenario
+from sim.model.recorder import RunResult, Trap
+from sim.model.scenario import Scenario
+from sim.model.simulation import Simulation
+from sim.model.summary import manifest, summarize, summary_csv, totals
+from sim.results import atomic_directory, dump_json, write_text_atomic
 
 TRACE_COLUMNS = (
     "vcpu",

@@ -65,7 +65,7 @@ class Constant:
 def make_sampler(dist: Any, rng: np.random.Generator, empirical: list[float] | None = None) -> Any:
     """A zero-argument callable drawing ns values from a scenario distribution.
 
-    ``dist`` is one of the ``sim.scenario`` distribution models; ``empirical`` holds the
+    ``dist`` is one of the ``sim.model.dists`` distribution models; ``empirical`` holds the
     values of an empirical distribution's CSV column.
     """
     kind = dist.dist

@@ -22,9 +22,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from sim.model.scenario import PLATFORMS, load_preset
 from sim.results import atomic_file
-from sim.scenario import PLATFORMS, load_preset
-from sim.sweep import SweepResults, format_number, load_results
+from sim.study.tables import SweepResults, format_number, load_results
 
 FIGURE_NAMES = ("latency_vs_ranges", "visits_vs_ranges")
 X_LABEL = "write-protected PPGTT pages per vGPU (log scale)"

@@ -12,27 +12,33 @@ Durations carry their unit in the key name (``_ns``, ``_ms``). Simulated time is
 from __future__ import annotations
 
 import copy
-import csv
 import hashlib
 import json
 import math
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, Field, model_validator
 
-from sim.inputs import InputError, StrictModel, load_yaml, validate
-from sim.ioreq import parse_pci_slot
+from sim.inputs import InputError, StrictModel, load_yaml, set_keypath, validate
+from sim.model.dists import (
+    AnyDist,
+    Dist,
+    EmpiricalDist,
+    NonNeg,
+    Positive,
+    expo,
+    lognorm,
+    read_empirical,
+)
+from sim.xen.abi import parse_pci_slot
 
 SCHEMA_VERSION = 1
 PRESET_DIR = Path(__file__).parent / "presets"
 PLATFORMS = ("hsw", "bdw")
 ACCESS_KINDS = ("mmio", "pio", "ppgtt_write", "other")
 
-NonNeg = Annotated[float, Field(ge=0)]
-Positive = Annotated[float, Field(gt=0)]
 Addr = Annotated[int, Field(ge=0, le=(1 << 64) - 1)]
 
 
@@ -51,67 +57,11 @@ def _pci_address(value: str) -> str:
 AddrRange = Annotated[list[Addr], Field(min_length=2, max_length=2), AfterValidator(_ordered_range)]
 
 
-# -- distributions --------------------------------------------------------------------
-class ConstantDist(StrictModel):
-    dist: Literal["constant"]
-    value_ns: NonNeg
-
-
-class ExponentialDist(StrictModel):
-    dist: Literal["exponential"]
-    mean_ns: Positive
-
-
-class UniformDist(StrictModel):
-    dist: Literal["uniform"]
-    low_ns: NonNeg
-    high_ns: NonNeg
-
-    @model_validator(mode="after")
-    def _ordered(self) -> UniformDist:
-        if self.low_ns > self.high_ns:
-            raise ValueError(f"low_ns ({self.low_ns}) is above high_ns ({self.high_ns})")
-        return self
-
-
-class LognormalDist(StrictModel):
-    """Parameterised by its mean (ns) and the standard deviation of its logarithm."""
-
-    dist: Literal["lognormal"]
-    mean_ns: Positive
-    sigma: NonNeg
-
-
-class EmpiricalDist(StrictModel):
-    """Resampled with replacement from a CSV column of ns values (path relative to the
-    scenario file). ``column`` names a header column; without it the first column."""
-
-    dist: Literal["empirical"]
-    file: str
-    column: str | None = None
-
-
-AnyDist = ConstantDist | ExponentialDist | UniformDist | LognormalDist | EmpiricalDist
-Dist = Annotated[AnyDist, Field(discriminator="dist")]
-
-
-def const(ns: float) -> ConstantDist:
-    return ConstantDist(dist="constant", value_ns=ns)
-
-
-def expo(ns: float) -> ExponentialDist:
-    return ExponentialDist(dist="exponential", mean_ns=ns)
-
-
-def lognorm(ns: float, sigma: float) -> LognormalDist:
-    return LognormalDist(dist="lognormal", mean_ns=ns, sigma=sigma)
-
-
 # -- the model's parts ----------------------------------------------------------------------
 class XenConfig(StrictModel):
     design: Literal["xen-4.6", "wp-split", "p2m-ioreq-server"] = Field(
         "xen-4.6",
-        description="How write-protected PPGTT pages are tracked; see sim.ioreq. wp-split "
+        description="How write-protected PPGTT pages are tracked; see sim.xen.ioreq. wp-split "
         "is f5a32c5b8e (reverted, never released); p2m-ioreq-server is Xen 4.9+.",
     )
     rangeset: Literal["list", "rbtree"] = Field(
@@ -370,7 +320,7 @@ class Scenario(StrictModel):
 
 # -- presets and overrides ------------------------------------------------------------------
 def load_preset(platform: str) -> dict[str, Any]:
-    """The preset's values (``sim/presets/<platform>.yaml``), to merge under a guest."""
+    """The preset's values (``sim/model/presets/<platform>.yaml``), to merge under a guest."""
     data = yaml.safe_load((PRESET_DIR / f"{platform}.yaml").read_text(encoding="utf-8"))
     assert isinstance(data, dict)
     return data
@@ -385,72 +335,6 @@ def _merge_under(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = copy.deepcopy(value)
     return out
-
-
-_PATH_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
-
-
-def split_keypath(keypath: str) -> list[str | int]:
-    """``guests[0].vcpus`` or ``guests.0.vcpus`` -> ``["guests", 0, "vcpus"]``."""
-    parts: list[str | int] = []
-    pos = 0
-    for m in _PATH_PART.finditer(keypath):
-        between = keypath[pos : m.start()]
-        if between not in ("", "."):
-            raise ValueError(f"cannot parse key path {keypath!r}")
-        pos = m.end()
-        if m.group(2) is not None:
-            parts.append(int(m.group(2)))
-        else:
-            name = m.group(1)
-            parts.append(int(name) if name.isdigit() else name)
-    if not parts or pos != len(keypath):
-        raise ValueError(f"cannot parse key path {keypath!r}")
-    return parts
-
-
-def set_keypath(data: dict[str, Any], keypath: str, value: Any, source: str) -> None:
-    """Set ``value`` at ``keypath`` in raw scenario data, creating mappings as needed.
-
-    The schema decides afterwards whether the key exists; indexing past the end of a
-    list, or into a scalar, is an error here.
-    """
-    try:
-        parts = split_keypath(keypath)
-    except ValueError as exc:
-        raise InputError(source, keypath, str(exc)) from None
-    node: Any = data
-    for depth, part in enumerate(parts[:-1]):
-        here = ".".join(str(p) for p in parts[: depth + 1])
-        if isinstance(part, int):
-            if not isinstance(node, list) or part >= len(node):
-                raise InputError(source, keypath, f"{here}: no such list item")
-            node = node[part]
-        else:
-            if not isinstance(node, dict):
-                raise InputError(source, keypath, f"{here}: not a mapping")
-            node = node.setdefault(part, {})
-    last = parts[-1]
-    if isinstance(last, int):
-        if not isinstance(node, list) or last >= len(node):
-            raise InputError(source, keypath, "no such list item")
-        node[last] = value
-    else:
-        if not isinstance(node, dict):
-            raise InputError(source, keypath, "parent is not a mapping")
-        node[last] = value
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """``KEY.PATH=VALUE`` with VALUE read as a YAML scalar or flow collection."""
-    if "=" not in text:
-        raise InputError("--set", text, "expected KEY.PATH=VALUE")
-    key, _, raw = text.partition("=")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise InputError("--set", key, f"value {raw!r} is not valid YAML: {exc}") from None
-    return key.strip(), value
 
 
 def expand(raw: Any, file: str | Path) -> dict[str, Any]:
@@ -504,58 +388,3 @@ def iter_dists(scenario: Scenario) -> list[tuple[str, Any]]:
                 if d is not None:
                     out.append((f"guests[{gi}].{dm_key}.service.{kind}", d))
     return out
-
-
-# Validation reads each CSV, and the model needs its values again: read once per file
-# version. The key includes size and mtime, so an edited CSV is read afresh in a
-# long-lived process (a notebook) rather than served stale.
-_EMPIRICAL_CACHE: dict[tuple[str, str | None, int, int], list[float]] = {}
-
-
-def read_empirical(base: Path, dist: EmpiricalDist, file: str | Path, keypath: str) -> list[float]:
-    """Values of an empirical distribution's CSV column; errors name the scenario key."""
-    path = (base / dist.file).resolve()
-    try:
-        st = path.stat()
-    except OSError as exc:
-        raise InputError(file, f"{keypath}.file", f"cannot read {dist.file}: {exc}") from None
-    cache_key = (str(path), dist.column, st.st_size, st.st_mtime_ns)
-    if cache_key in _EMPIRICAL_CACHE:
-        return _EMPIRICAL_CACHE[cache_key]
-    try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
-    except OSError as exc:
-        raise InputError(file, f"{keypath}.file", f"cannot read {dist.file}: {exc}") from None
-    if not rows:
-        raise InputError(file, f"{keypath}.file", f"{dist.file} has no values")
-    col = 0
-    header = rows[0]
-    try:
-        float(header[0])
-        has_header = False
-    except ValueError:
-        has_header = True
-    if dist.column is not None:
-        if not has_header or dist.column not in header:
-            raise InputError(
-                file, f"{keypath}.column", f"{dist.file} has no column {dist.column!r}"
-            )
-        col = header.index(dist.column)
-    values: list[float] = []
-    for lineno, row in enumerate(rows[1:] if has_header else rows, start=2 if has_header else 1):
-        try:
-            v = float(row[col])
-        except (ValueError, IndexError):
-            raise InputError(
-                file, f"{keypath}.file", f"{dist.file} row {lineno}: not a number"
-            ) from None
-        if not math.isfinite(v) or v < 0:
-            raise InputError(
-                file, f"{keypath}.file", f"{dist.file} row {lineno}: {v} is not a duration >= 0"
-            )
-        values.append(v)
-    if not values:
-        raise InputError(file, f"{keypath}.file", f"{dist.file} has no values")
-    _EMPIRICAL_CACHE[cache_key] = values
-    return values

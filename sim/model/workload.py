@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim.ioreq import PAGE_SHIFT, Access
-from sim.scenario import ACCESS_KINDS, Guest
-from sim.streams import BlockSampler
+from sim.model.scenario import ACCESS_KINDS, Guest
+from sim.model.streams import BlockSampler
+from sim.xen.abi import PAGE_SHIFT
+from sim.xen.ioreq import Access
 
 FIRST_RAM_GFN = 0x100  # page tables are not placed in the first MiB (legacy VGA/BIOS area)
 

@@ -1,0 +1,131 @@
+"""Distributions of durations in a scenario, and the reader of empirical CSV columns.
+
+Each distribution is a strict schema (``{dist: exponential, mean_ns: ...}``); the model
+turns them into samplers (:mod:`sim.model.streams`). An empirical distribution resamples
+a CSV column of ns values, read once per file version.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from sim.inputs import InputError, StrictModel
+
+NonNeg = Annotated[float, Field(ge=0)]
+Positive = Annotated[float, Field(gt=0)]
+
+
+# -- distributions --------------------------------------------------------------------
+class ConstantDist(StrictModel):
+    dist: Literal["constant"]
+    value_ns: NonNeg
+
+
+class ExponentialDist(StrictModel):
+    dist: Literal["exponential"]
+    mean_ns: Positive
+
+
+class UniformDist(StrictModel):
+    dist: Literal["uniform"]
+    low_ns: NonNeg
+    high_ns: NonNeg
+
+    @model_validator(mode="after")
+    def _ordered(self) -> UniformDist:
+        if self.low_ns > self.high_ns:
+            raise ValueError(f"low_ns ({self.low_ns}) is above high_ns ({self.high_ns})")
+        return self
+
+
+class LognormalDist(StrictModel):
+    """Parameterised by its mean (ns) and the standard deviation of its logarithm."""
+
+    dist: Literal["lognormal"]
+    mean_ns: Positive
+    sigma: NonNeg
+
+
+class EmpiricalDist(StrictModel):
+    """Resampled with replacement from a CSV column of ns values (path relative to the
+    scenario file). ``column`` names a header column; without it the first column."""
+
+    dist: Literal["empirical"]
+    file: str
+    column: str | None = None
+
+
+AnyDist = ConstantDist | ExponentialDist | UniformDist | LognormalDist | EmpiricalDist
+Dist = Annotated[AnyDist, Field(discriminator="dist")]
+
+
+def const(ns: float) -> ConstantDist:
+    return ConstantDist(dist="constant", value_ns=ns)
+
+
+def expo(ns: float) -> ExponentialDist:
+    return ExponentialDist(dist="exponential", mean_ns=ns)
+
+
+def lognorm(ns: float, sigma: float) -> LognormalDist:
+    return LognormalDist(dist="lognormal", mean_ns=ns, sigma=sigma)
+
+
+# Validation reads each CSV, and the model needs its values again: read once per file
+# version. The key includes size and mtime, so an edited CSV is read afresh in a
+# long-lived process (a notebook) rather than served stale.
+_EMPIRICAL_CACHE: dict[tuple[str, str | None, int, int], list[float]] = {}
+
+
+def read_empirical(base: Path, dist: EmpiricalDist, file: str | Path, keypath: str) -> list[float]:
+    """Values of an empirical distribution's CSV column; errors name the scenario key."""
+    path = (base / dist.file).resolve()
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise InputError(file, f"{keypath}.file", f"cannot read {dist.file}: {exc}") from None
+    cache_key = (str(path), dist.column, st.st_size, st.st_mtime_ns)
+    if cache_key in _EMPIRICAL_CACHE:
+        return _EMPIRICAL_CACHE[cache_key]
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
+    except OSError as exc:
+        raise InputError(file, f"{keypath}.file", f"cannot read {dist.file}: {exc}") from None
+    if not rows:
+        raise InputError(file, f"{keypath}.file", f"{dist.file} has no values")
+    col = 0
+    header = rows[0]
+    try:
+        float(header[0])
+        has_header = False
+    except ValueError:
+        has_header = True
+    if dist.column is not None:
+        if not has_header or dist.column not in header:
+            raise InputError(
+                file, f"{keypath}.column", f"{dist.file} has no column {dist.column!r}"
+            )
+        col = header.index(dist.column)
+    values: list[float] = []
+    for lineno, row in enumerate(rows[1:] if has_header else rows, start=2 if has_header else 1):
+        try:
+            v = float(row[col])
+        except (ValueError, IndexError):
+            raise InputError(
+                file, f"{keypath}.file", f"{dist.file} row {lineno}: not a number"
+            ) from None
+        if not math.isfinite(v) or v < 0:
+            raise InputError(
+                file, f"{keypath}.file", f"{dist.file} row {lineno}: {v} is not a duration >= 0"
+            )
+        values.append(v)
+    if not values:
+        raise InputError(file, f"{keypath}.file", f"{dist.file} has no values")
+    _EMPIRICAL_CACHE[cache_key] = values
+    return values

@@ -1,0 +1,170 @@
+"""The model wired in one place: one scenario and seed -> guests, pCPUs, device models.
+
+:class:`Simulation` builds every process of :mod:`sim.model.processes` for a validated
+:class:`~sim.model.scenario.Scenario` and runs it; :class:`GuestRuntime` holds one guest
+domain's ioreq state (:class:`sim.xen.ioreq.IoreqDomain`), its servers and its vCPUs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import simpy
+
+from sim.model.dists import EmpiricalDist, read_empirical
+from sim.model.processes import (
+    NS_PER_MS,
+    DeviceModelServer,
+    HypervisorCpu,
+    PpgttLifecycle,
+    Process,
+    Vcpu,
+)
+from sim.model.recorder import RangeCountMeter, Recorder, RunResult, Trap
+from sim.model.scenario import Guest, Scenario
+from sim.model.streams import make_sampler, stream
+from sim.model.workload import AccessGenerator, LivePages
+from sim.xen.abi import RangeType, parse_pci_slot
+from sim.xen.ioreq import Design, IoreqDomain
+
+
+class GuestRuntime:
+    """One guest domain: its ioreq servers, device models, vCPUs and PPGTTs."""
+
+    def __init__(self, sim: Simulation, config: Guest, first_pcpu: int) -> None:
+        self.sim = sim
+        self.config = config
+        self.name = config.name
+        x = sim.scenario.xen
+        self.domain = IoreqDomain(
+            design=Design(x.design),
+            impl=x.rangeset,
+            max_nr_io_ranges=x.max_nr_io_ranges,
+            mmio_window=x.mmio_window,
+        )
+        # QEMU's default server exists first (created implicitly when QEMU reads
+        # HVM_PARAM_IOREQ_PFN); XenGT's server is newer, so Xen tries it first.
+        qemu = self.domain.create_server("qemu", default=True)
+        self.xengt = self.domain.create_server("xengt")
+        v = config.vgpu
+        for rtype, (s, e) in (
+            (RangeType.MEMORY, v.bar0_mmio),
+            (RangeType.PORT, v.vga_ports),
+        ):
+            self.domain.map_io_range(self.xengt, rtype, s, e)
+        sbdf = parse_pci_slot(v.pci).sbdf
+        self.domain.map_io_range(self.xengt, RangeType.PCI, sbdf, sbdf)
+        self.device_models = {
+            "qemu": DeviceModelServer(sim, self.name, qemu, config.qemu),
+            "xengt": DeviceModelServer(sim, self.name, self.xengt, v.device_model),
+        }
+        self.live_pages = LivePages()
+        self.meter = RangeCountMeter(sim.env, sim.warmup_ns)
+        self.ppgtt = PpgttLifecycle(sim, self)
+        self.meter.at_start = self.range_count()
+        self.workload = AccessGenerator(
+            config, self.live_pages, sim.rng(f"{self.name}/mix"), sim.rng(f"{self.name}/addr")
+        )
+        self.vcpus = [
+            Vcpu(sim, self, i, sim.pcpus[(first_pcpu + i) % len(sim.pcpus)])
+            for i in range(config.vcpus)
+        ]
+
+    def range_count(self) -> int:
+        return self.domain.range_count(self.xengt)
+
+
+class Simulation:
+    """Builds the model for one scenario and seed, and runs it."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        seed: int | None = None,
+        base_dir: str | Path = ".",
+        trace: Callable[[Trap], None] | None = None,
+    ) -> None:
+        self.scenario = scenario
+        self.seed = scenario.seed if seed is None else seed
+        self.base_dir = Path(base_dir)
+        self.env = simpy.Environment()
+        self.warmup_ns = scenario.warmup_ms * NS_PER_MS
+        self.end_ns = scenario.duration_ms * NS_PER_MS
+        self.stop = self.env.event()
+        self.recorder = Recorder(self.warmup_ns, scenario.max_accesses, self.stop, trace)
+        h = scenario.host
+        n_vcpus = sum(g.vcpus for g in scenario.guests)
+        self.dom0: simpy.Resource | None = (
+            simpy.Resource(self.env, capacity=h.dom0_vcpus) if h.dom0_vcpus else None
+        )
+        self.pcpus = [HypervisorCpu(self, i) for i in range(h.pcpus or n_vcpus)]
+        self.guests: list[GuestRuntime] = []
+        first = 0
+        for g in scenario.guests:
+            self.guests.append(GuestRuntime(self, g, first))
+            first += g.vcpus
+        pinned = [0] * len(self.pcpus)
+        for guest in self.guests:
+            for vcpu in guest.vcpus:
+                pinned[vcpu.pcpu.index] += 1
+        for pcpu, count in zip(self.pcpus, pinned, strict=True):
+            pcpu.dedicated = count <= 1
+
+    def rng(self, name: str) -> Any:
+        return stream(self.seed, name)
+
+    def sampler(self, dist: Any, name: str) -> Callable[[], float]:
+        values = None
+        if isinstance(dist, EmpiricalDist):
+            values = read_empirical(self.base_dir, dist, "(scenario)", name)
+        return make_sampler(dist, self.rng(name), values)
+
+    def _timer(self) -> Process:
+        yield self.env.timeout(self.end_ns)
+        if not self.stop.triggered:
+            self.stop.succeed()
+
+    def run(self, progress: Callable[[float, float], None] | None = None) -> RunResult:
+        """Run to ``duration_ms`` (or ``max_accesses``). ``progress(now, end)`` is called
+        from a low-rate SimPy process, never from the hot path."""
+        env = self.env
+        env.process(self._timer())
+        if progress is not None:
+            env.process(self._progress(progress))
+        t0 = time.perf_counter()
+        env.run(until=self.stop)
+        wall = time.perf_counter() - t0
+        end = env.now
+        ranges = {
+            g.name: {
+                "at_start": g.meter.at_start,
+                "mean": g.meter.mean(end),
+                "max": g.meter.max,
+                "final": g.range_count(),
+            }
+            for g in self.guests
+        }
+        return RunResult(
+            groups=self.recorder.groups,
+            counters=self.recorder.counters,
+            sim_time_ns=end,
+            measured_ns=max(0.0, end - self.warmup_ns),
+            wall_s=wall,
+            ranges=ranges,
+        )
+
+    def _progress(self, report: Callable[[float, float], None]) -> Process:
+        # Adapt the simulated-time step so that reports land about twice a second.
+        env = self.env
+        step = self.end_ns / 1000
+        last_wall = time.perf_counter()
+        while True:
+            yield env.timeout(step)
+            now_wall = time.perf_counter()
+            elapsed = max(now_wall - last_wall, 1e-6)
+            step = min(max(step * 0.5 / elapsed, self.end_ns / 10_000), self.end_ns / 4)
+            last_wall = now_wall
+            report(env.now, self.end_ns)

@@ -1,0 +1,294 @@
+"""Sweep files: a base scenario, axes of values, replications, one seed -> points and tasks.
+
+A sweep file (``scenarios/sweeps/*.yaml``) names a base scenario, fixed overrides
+(``set:``) and ordered ``axes:``. Each axis is either a key path with a list of values
+(``xen.rangeset: [list, rbtree]``) or a named *compound* axis whose values are mappings
+with a ``label`` and several key paths, for steps that are specific combinations rather
+than a cartesian product::
+
+    variant:
+      - {label: "list", xen.rangeset: list}
+      - {label: "p2m", xen.design: p2m-ioreq-server}
+
+A value that is a mapping with a ``label`` key makes its axis compound. The sweep's
+points are the cartesian product of the axes, first axis slowest.
+
+Everything is validated before anything runs: the sweep file's own keys, every key path
+(which must exist in the base scenario's *effective* configuration, defaults included),
+and every expanded point as a full scenario. Problems are :class:`InputError` naming the
+file, the key path (or the point's axis values) and the problem.
+
+Seeds: each point has a stable id, the first 12 hex digits of the SHA-256 of the
+canonical JSON of its axis values, so adding a value to an axis changes no other
+point's id. Each (point, replication) is seeded with
+``SeedSequence(entropy=seed, spawn_key=(int(id[:8], 16), replication))``; results are
+therefore the same whatever the number of jobs, the backend or the completion order.
+The base scenario's own ``seed`` is not used.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from sim.inputs import InputError, StrictModel, load_yaml, set_keypath, split_keypath, validate
+from sim.model.scenario import scenario_from_data
+
+SWEEP_SCHEMA_VERSION = 1
+
+
+class SweepFile(StrictModel):
+    """The schema of a sweep file; axis contents are checked by :func:`load_sweep`."""
+
+    schema_version: Literal[1]
+    description: str = ""
+    base: str | dict[str, Any] = Field(
+        description="The base scenario: a path relative to the sweep file, or inline."
+    )
+    set_: dict[str, Any] = Field(
+        default_factory=dict,
+        alias="set",
+        description="Fixed overrides applied to the base: key path -> value.",
+    )
+    axes: Annotated[dict[str, list[Any]], Field(min_length=1)] = Field(
+        description="Ordered axes: key path -> values, or name -> labelled mappings."
+    )
+    replications: Annotated[int, Field(ge=1)]
+    seed: Annotated[int, Field(ge=0)]
+
+
+@dataclass(frozen=True)
+class AxisValue:
+    label: str  # shown in the CSVs and legends
+    settings: tuple[tuple[str, Any], ...]  # (key path, value) applied to the base
+    identity: Any  # the value as written in the sweep file; hashed into the point id
+
+
+@dataclass(frozen=True)
+class Axis:
+    name: str
+    compound: bool
+    values: tuple[AxisValue, ...]
+
+
+@dataclass(frozen=True)
+class Point:
+    index: int  # position in the cartesian product; the order of the CSV rows
+    point_id: str
+    labels: dict[str, str]  # axis name -> label of this point's value
+    config: dict[str, Any]  # the validated effective scenario configuration
+    scenario_sha256: str
+
+    def describe(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.labels.items())
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of work: a point and a replication, with its derived seed."""
+
+    point: Point
+    replication: int
+    seed: int
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.point.point_id}-r{self.replication}.json"
+
+
+@dataclass(frozen=True)
+class Sweep:
+    file: Path
+    spec: SweepFile
+    axes: tuple[Axis, ...]
+    points: tuple[Point, ...]
+    base_config: dict[str, Any]  # the base with ``set:`` applied, defaults included
+    base_dir: Path  # where relative paths inside the scenarios (empirical CSVs) resolve
+    sha256: str  # identity of what runs: every point's config, the seeds, replications
+
+    @property
+    def name(self) -> str:
+        return self.file.stem
+
+    def tasks(self) -> list[Task]:
+        return [
+            Task(point, rep, derive_seed(self.spec.seed, point.point_id, rep))
+            for point in self.points
+            for rep in range(self.spec.replications)
+        ]
+
+
+def canonical_json(data: Any) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def point_id_of(identities: dict[str, Any]) -> str:
+    """Stable id of a point from its axis values (not its index)."""
+    return hashlib.sha256(canonical_json(identities).encode()).hexdigest()[:12]
+
+
+def derive_seed(master_seed: int, point_id: str, replication: int) -> int:
+    """The seed of one (point, replication): independent of order, jobs and backend."""
+    seq = np.random.SeedSequence(
+        entropy=master_seed, spawn_key=(int(point_id[:8], 16), replication)
+    )
+    return int(seq.generate_state(1)[0])
+
+
+def _label_of(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _keypath_problem(config: dict[str, Any], keypath: str) -> str | None:
+    """Why ``keypath`` does not name a value of ``config``, or None if it does."""
+    try:
+        parts = split_keypath(keypath)
+    except ValueError as exc:
+        return str(exc)
+    node: Any = config
+    for depth, part in enumerate(parts):
+        here = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts[: depth + 1])
+        here = here.lstrip(".")
+        if isinstance(part, int):
+            if not isinstance(node, list) or part >= len(node):
+                return f"no such key in the base scenario's effective configuration ({here})"
+        elif not isinstance(node, dict) or part not in node:
+            return f"no such key in the base scenario's effective configuration ({here})"
+        node = node[part]
+    if parts == ["seed"]:
+        return "the sweep's own seeds replace the scenario's seed; use replications"
+    return None
+
+
+def _parse_axis(file: Path, name: str, values: list[Any], config: dict[str, Any]) -> Axis:
+    where = f"axes.{name}"
+    if not values:
+        raise InputError(file, where, "empty axis: give at least one value")
+    compound = any(isinstance(v, dict) and "label" in v for v in values)
+    parsed: list[AxisValue] = []
+    if compound:
+        for i, v in enumerate(values):
+            if not isinstance(v, dict) or not isinstance(v.get("label"), str) or not v["label"]:
+                raise InputError(
+                    file, f"{where}[{i}]", "a compound axis value must be a mapping with a label"
+                )
+            settings = [(k, x) for k, x in v.items() if k != "label"]
+            if not settings:
+                raise InputError(file, f"{where}[{i}]", "sets no key path besides its label")
+            for keypath, _ in settings:
+                problem = _keypath_problem(config, keypath)
+                if problem:
+                    raise InputError(file, f"{where}[{i}].{keypath}", problem)
+            parsed.append(AxisValue(v["label"], tuple(settings), v))
+    else:
+        problem = _keypath_problem(config, name)
+        if problem:
+            if any(isinstance(v, dict) for v in values):
+                problem += "; for a compound axis, give every value a label"
+            raise InputError(file, where, problem)
+        parsed = [AxisValue(_label_of(v), ((name, v),), v) for v in values]
+    labels = [v.label for v in parsed]
+    for i, label in enumerate(labels):
+        if label in labels[:i]:
+            raise InputError(file, f"{where}[{i}]", f"duplicate value {label!r}")
+    return Axis(name, compound, tuple(parsed))
+
+
+def _rewrap(exc: InputError, file: Path, prefix: str) -> InputError:
+    keypath = f"{prefix}{exc.keypath}" if exc.keypath else prefix.rstrip(": .")
+    return InputError(file, keypath, exc.problem)
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Load and fully validate a sweep file, expanding and validating every point."""
+    file = Path(path)
+    raw = load_yaml(file)
+    if not isinstance(raw, dict):
+        raise InputError(file, "(top level)", "a sweep must be a mapping of keys")
+    spec = validate(SweepFile, raw, file)
+
+    # The base scenario: its own file names its own errors; an inline one is ours.
+    if isinstance(spec.base, str):
+        base_file = (file.parent / spec.base).resolve()
+        if not base_file.is_file():
+            raise InputError(
+                file,
+                "base",
+                f"scenario file {spec.base!r} not found (relative to the sweep file)",
+            )
+        base_raw = load_yaml(base_file)
+        base = scenario_from_data(base_raw, base_file)
+        scenario_file = base_file
+    else:
+        base_raw = spec.base
+        try:
+            base = scenario_from_data(base_raw, file)
+        except InputError as exc:
+            raise _rewrap(exc, file, "base.") from None
+        scenario_file = file.resolve()
+    if not isinstance(base_raw, dict):  # scenario_from_data has refused it already
+        raise InputError(file, "base", "the base scenario must be a mapping")
+
+    # Fixed overrides: key paths must exist in the base's effective configuration.
+    raw_with_set = copy.deepcopy(base_raw)
+    for keypath, value in spec.set_.items():
+        problem = _keypath_problem(base.config(), keypath)
+        if problem:
+            raise InputError(file, f"set.{keypath}", problem)
+        try:
+            set_keypath(raw_with_set, keypath, value, str(file))
+        except InputError as exc:
+            raise InputError(file, f"set.{keypath}", exc.problem) from None
+    try:
+        base_config = scenario_from_data(raw_with_set, scenario_file).config()
+    except InputError as exc:
+        raise _rewrap(exc, file, "set: ") from None
+
+    axes = tuple(_parse_axis(file, name, values, base_config) for name, values in spec.axes.items())
+
+    points: list[Point] = []
+    for index, combo in enumerate(itertools.product(*(a.values for a in axes))):
+        labels = {a.name: v.label for a, v in zip(axes, combo, strict=True)}
+        identities = {a.name: v.identity for a, v in zip(axes, combo, strict=True)}
+        data = copy.deepcopy(raw_with_set)
+        where = "point {" + ", ".join(f"{k}={v}" for k, v in labels.items()) + "}"
+        try:
+            for value in combo:
+                for keypath, setting in value.settings:
+                    set_keypath(data, keypath, copy.deepcopy(setting), str(file))
+            scenario = scenario_from_data(data, scenario_file)
+        except InputError as exc:
+            raise _rewrap(exc, file, f"{where}: ") from None
+        points.append(
+            Point(index, point_id_of(identities), labels, scenario.config(), scenario.sha256())
+        )
+    ids = [p.point_id for p in points]
+    if len(set(ids)) != len(ids):  # only if two axes hash alike; never seen, but be sure
+        raise InputError(file, "axes", "two points have the same id")
+
+    identity = {
+        "points": [[p.point_id, p.scenario_sha256] for p in points],
+        "replications": spec.replications,
+        "seed": spec.seed,
+    }
+    return Sweep(
+        file=file,
+        spec=spec,
+        axes=axes,
+        points=tuple(points),
+        base_config=base_config,
+        base_dir=scenario_file.parent,
+        sha256=hashlib.sha256(canonical_json(identity).encode()).hexdigest(),
+    )
+
+
+def default_out_dir(sweep_file: str | Path, root: str | Path = "results") -> Path:
+    return Path(root) / "sweeps" / Path(sweep_file).stem

@@ -1,0 +1,169 @@
+"""A sweep's tables: points.csv and aggregate.csv, written and read back, and as text.
+
+Cells are fixed text (``_format``), so identical records give identical bytes whatever
+the jobs or backend. Reading back gives :class:`SweepResults`: axis columns as text,
+every other column as numbers; figures and notebooks work from it alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sim.inputs import InputError
+from sim.model.runner import POINT_COLUMNS
+from sim.study.stats import mean_ci95
+from sim.study.sweepfile import Task
+
+#: Columns of points.csv after the axis columns; ``error`` is empty for a good run.
+POINT_META_COLUMNS = ("replication", "point_id", "seed")
+
+#: Columns of aggregate.csv after the axis columns, before the per-metric pairs.
+AGGREGATE_META_COLUMNS = ("point_id", "n", "failed")
+
+
+def _format(value: Any) -> str:
+    """Fixed text for a CSV cell, so identical records give identical bytes."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.10g}"
+    return str(value)
+
+
+def csv_text(header: Sequence[str], rows: list[list[Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([_format(v) for v in row] for row in rows)
+    return buf.getvalue()
+
+
+def points_table(
+    axes: Sequence[str], tasks: list[Task], outcomes: dict[int, dict[str, Any]]
+) -> tuple[list[str], list[list[Any]]]:
+    header = [*axes, *POINT_META_COLUMNS, *POINT_COLUMNS, "error"]
+    rows = []
+    for i, task in enumerate(tasks):
+        out = outcomes[i]
+        record = out["record"] or {}
+        error = (out["error"] or "").replace("\n", " ")
+        rows.append(
+            [
+                *(task.point.labels[a] for a in axes),
+                task.replication,
+                task.point.point_id,
+                task.seed,
+                *(record.get(c) for c in POINT_COLUMNS),
+                error,
+            ]
+        )
+    return header, rows
+
+
+def aggregate_table(
+    axes: Sequence[str], tasks: list[Task], outcomes: dict[int, dict[str, Any]]
+) -> tuple[list[str], list[list[Any]]]:
+    header = [*axes, *AGGREGATE_META_COLUMNS]
+    for c in POINT_COLUMNS:
+        header += [f"{c}_mean", f"{c}_ci95"]
+    by_point: dict[int, list[int]] = {}
+    for i, task in enumerate(tasks):
+        by_point.setdefault(task.point.index, []).append(i)
+    rows = []
+    for indices in by_point.values():
+        point = tasks[indices[0]].point
+        records = [outcomes[i]["record"] for i in indices if outcomes[i]["record"]]
+        row: list[Any] = [*(point.labels[a] for a in axes), point.point_id]
+        row += [len(records), len(indices) - len(records)]
+        for c in POINT_COLUMNS:
+            row += list(mean_ci95([float(r[c]) for r in records]))
+        rows.append(row)
+    return header, rows
+
+
+@dataclass(frozen=True)
+class SweepResults:
+    """A sweep's CSVs read back: axis columns as text, every other column as numbers."""
+
+    directory: Path
+    axes: tuple[str, ...]
+    points: list[dict[str, Any]]
+    aggregate: list[dict[str, Any]]
+    description: str
+
+
+def _read_csv(path: Path, first_meta: str) -> tuple[list[str], list[dict[str, Any]]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError(path, "", f"cannot be read: {exc}") from None
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    if not header or first_meta not in header:
+        raise InputError(path, "", f"not a sweep CSV (no {first_meta!r} column)")
+    n_axes = header.index(first_meta)
+    rows = []
+    for line in reader:
+        row: dict[str, Any] = {}
+        for i, (name, cell) in enumerate(zip(header, line, strict=True)):
+            if i < n_axes or name in ("point_id", "error"):
+                row[name] = cell
+            else:
+                row[name] = float(cell) if cell else math.nan
+        rows.append(row)
+    return header[:n_axes], rows
+
+
+def load_results(directory: str | Path) -> SweepResults:
+    """Read ``points.csv`` and ``aggregate.csv`` of a sweep results directory."""
+    d = Path(directory)
+    axes, points = _read_csv(d / "points.csv", POINT_META_COLUMNS[0])
+    _, aggregate = _read_csv(d / "aggregate.csv", AGGREGATE_META_COLUMNS[0])
+    description = ""
+    manifest = d / "sweep.json"
+    if manifest.is_file():
+        try:
+            data = json.loads(manifest.read_text(encoding="utf-8"))
+            description = data.get("sweep", {}).get("description", "") or ""
+        except ValueError:
+            pass
+    return SweepResults(d, tuple(axes), points, aggregate, description)
+
+
+def format_number(x: float) -> str:
+    """Plain digits for tables: no exponents for the ns and node counts shown here."""
+    if not math.isfinite(x):
+        return str(x)
+    return f"{x:.0f}" if abs(x) >= 100 else f"{x:.3g}"
+
+
+def format_aggregate(
+    results: SweepResults,
+    metrics: Sequence[str] = ("p50_ns", "p99_ns", "mean_visits", "ranges", "failed_maps"),
+) -> str:
+    """The aggregate as a fixed-width text table: mean ± 95% CI half-width per metric."""
+    header = [*results.axes, "n", *metrics]
+    body = []
+    for row in results.aggregate:
+        cells = [row[a] for a in results.axes] + [f"{row['n']:.0f}"]
+        for m in metrics:
+            mean, half = row[f"{m}_mean"], row[f"{m}_ci95"]
+            ci = "" if math.isnan(half) else f" ± {format_number(half)}"
+            cells.append(format_number(mean) + ci)
+        body.append(cells)
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *body, strict=True)]
+    lines = [
+        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in [header, *body]
+    ]
+    return "\n".join(line.rstrip() for line in lines)
