@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -28,6 +29,12 @@ TRACE_COLUMNS = (
     "t_served_ns",
     "t_resumed_ns",
 )
+
+
+#: An extra per-trap output of a run: given the run's (temporary) directory, a context that
+#: yields the trap callback and finishes its file on exit. ``sim.trace`` provides the
+#: xentrace capture this way, so the model never imports it.
+TrapOutput = Callable[[Path], contextlib.AbstractContextManager[Callable[[Trap], None]]]
 
 
 def _trace_writer(fh: TextIO) -> Callable[[Trap], None]:
@@ -56,6 +63,17 @@ def _trace_writer(fh: TextIO) -> Callable[[Trap], None]:
     return write
 
 
+def _fan_out(sinks: list[Callable[[Trap], None]]) -> Callable[[Trap], None] | None:
+    if len(sinks) <= 1:
+        return sinks[0] if sinks else None
+
+    def every(trap: Trap) -> None:
+        for sink in sinks:
+            sink(trap)
+
+    return every
+
+
 def default_run_dir(root: Path, scenario: Scenario, seed: int) -> Path:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     base = root / scenario.name / f"{stamp}-seed{seed}-{scenario.sha256()[:8]}"
@@ -76,18 +94,22 @@ def run_to_directory(
     trace: bool = False,
     progress: Callable[[float, float], None] | None = None,
     argv: list[str] | None = None,
+    outputs: Sequence[TrapOutput] = (),
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Run and write ``manifest.json``, ``summary.csv`` (and ``trace.csv``) atomically."""
+    """Run and write ``manifest.json``, ``summary.csv`` (and ``trace.csv``, and whatever
+    ``outputs`` write) atomically."""
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     with atomic_directory(out_dir) as tmp:
-        trace_fh = (tmp / "trace.csv").open("w", encoding="utf-8", newline="") if trace else None
-        try:
-            sink = _trace_writer(trace_fh) if trace_fh is not None else None
-            sim = Simulation(scenario, seed, base_dir=base_dir, trace=sink)
+        with contextlib.ExitStack() as stack:
+            sinks: list[Callable[[Trap], None]] = []
+            if trace:
+                trace_fh = stack.enter_context(
+                    (tmp / "trace.csv").open("w", encoding="utf-8", newline="")
+                )
+                sinks.append(_trace_writer(trace_fh))
+            sinks.extend(stack.enter_context(output(tmp)) for output in outputs)
+            sim = Simulation(scenario, seed, base_dir=base_dir, trace=_fan_out(sinks))
             result = sim.run(progress=progress)
-        finally:
-            if trace_fh is not None:
-                trace_fh.close()
         rows = summarize(result)
         man = manifest(
             scenario,

@@ -136,6 +136,11 @@ class Host(StrictModel):
         description="dom0 vCPUs shared by all device-model threads of all guests (gVirt "
         "ran 7 vGPUs, gScale 15: cost-anchors §1.6). null: each thread has its own.",
     )
+    tsc_hz: Annotated[float, Field(ge=1e8, le=1e11)] = Field(
+        2.8e9,
+        description="[TRACE] the host's TSC rate, in Hz: the clock of a --xentrace capture "
+        "(~2.798 GHz calibrated from a real capture's scheduler records, cost-anchors §6).",
+    )
 
 
 class ServiceTimes(StrictModel):
