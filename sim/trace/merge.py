@@ -37,7 +37,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from sim.trace import format as fmt
-from sim.trace.decode import DATA_WORDS, RecordBatch, WindowIndex, iter_batches, peek_first_key
+from sim.trace.decode import (
+    BATCH_BYTES,
+    DATA_WORDS,
+    RecordBatch,
+    WindowIndex,
+    iter_batches,
+    peek_first_key,
+)
 
 #: Row kinds beside real records: a pCPU's activation (xenalyze inserts it with
 #: ``order_tsc`` 0), its deactivation after its last record, the second pass of a
@@ -65,9 +72,22 @@ class Merged:
 
 
 class _Pcpu:
-    __slots__ = ("done", "last_e", "last_o", "last_seq", "last_tsc", "pending", "windows")
+    __slots__ = (
+        "done",
+        "epoch_rank",
+        "last_e",
+        "last_o",
+        "last_seq",
+        "last_tsc",
+        "pending",
+        "windows",
+    )
 
     def __init__(self, windows: list[int], last_seq: int) -> None:
+        #: For a pCPU of the first epoch: where its activation falls among the others
+        #: (xenalyze activates them all before any record, the file's first one last).
+        #: Its key-0 block ranks there, however late this merge reads its first window.
+        self.epoch_rank: int | None = None
         self.windows = windows  # window ids of this pCPU still to decode, in file order
         self.last_tsc = 0
         self.last_o = 0
@@ -101,7 +121,8 @@ class Merger:
         n = len(epoch)
         # Inserted in file order, each at the head: the last one is activated first.
         for k, cpu in enumerate(epoch):
-            self.pcpus[cpu] = _Pcpu(list(by_cpu[cpu]), last_seq=k - n - 1)
+            self.pcpus[cpu] = _Pcpu(list(by_cpu[cpu]), last_seq=k - 2 * n - 1)
+            self.pcpus[cpu].epoch_rank = -1 - k
         self._fh = index.path.open("rb")
 
     def close(self) -> None:
@@ -218,16 +239,20 @@ class Merger:
         mixed = np.zeros(n, dtype=bool)
         mixed[1:] = ~new_run[1:] & (c_s[1:] != c_s[:-1])
         if mixed.any():
-            order = self._break_ties(order, c_s, new_run, mixed)
+            order = self._break_ties(order, c_s, k_s, new_run, mixed)
             c_s = cpu[order]
         seq = self.next_seq + np.arange(n, dtype=np.int64)
         # Each pCPU's last rank, for ties in the next call.
-        last = {}
-        for c, s in zip(c_s[::-1].tolist(), seq[::-1].tolist(), strict=True):
+        key_final = key[order]
+        last: dict[int, int] = {}
+        for i in range(n - 1, -1, -1):
+            c = int(c_s[i])
             if c not in last:
-                last[c] = s
-        for c, s in last.items():
-            self.pcpus[c].last_seq = s
+                last[c] = self._rank(c, int(key_final[i]), int(seq[i]))
+                if len(last) == len(parts):
+                    break
+        for c, rank in last.items():
+            self.pcpus[c].last_seq = rank
         self.next_seq += n
         return Merged(
             seq=seq,
@@ -241,8 +266,17 @@ class Merger:
             virt=cols["virt"][order],
         )
 
+    def _rank(self, cpu: int, key: int, seq: int) -> int:
+        p = self.pcpus[cpu]
+        return p.epoch_rank if key == 0 and p.epoch_rank is not None else seq
+
     def _break_ties(
-        self, order: np.ndarray, c_s: np.ndarray, new_run: np.ndarray, mixed: np.ndarray
+        self,
+        order: np.ndarray,
+        c_s: np.ndarray,
+        k_s: np.ndarray,
+        new_run: np.ndarray,
+        mixed: np.ndarray,
     ) -> np.ndarray:
         """Among blocks of equal key, the pCPU whose previous block ran last goes first."""
         n = len(order)
@@ -270,7 +304,9 @@ class Merger:
                     j += 1
                 before = int(prev[i])
                 rank = (
-                    self.next_seq + int(pos[before]) if before >= 0 else self.pcpus[cl[i]].last_seq
+                    self._rank(cl[i], int(k_s[before]), self.next_seq + int(pos[before]))
+                    if before >= 0
+                    else self.pcpus[cl[i]].last_seq
                 )
                 blocks.append((rank, i, j))
                 i = j
@@ -301,11 +337,13 @@ def _add_virtual(
     return {k: np.concatenate([p[k] for p in pieces]) for k in cols}
 
 
-def merged_stream(index: WindowIndex) -> Iterator[tuple[Merged, list[str]]]:
+def merged_stream(
+    index: WindowIndex, batch_bytes: int = BATCH_BYTES
+) -> Iterator[tuple[Merged, list[str]]]:
     """Decode and merge a whole capture, batch by batch."""
     merger = Merger(index)
     try:
-        for batch, warnings in iter_batches(index):
+        for batch, warnings in iter_batches(index, batch_bytes):
             merger.add(batch)
             out = merger.drain()
             if out is not None or warnings:

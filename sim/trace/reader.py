@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from sim.trace.arcs import ArcBatch, ArcBuilder
-from sim.trace.decode import index_windows
+from sim.trace.decode import BATCH_BYTES, index_windows
 from sim.trace.merge import REAL, merged_stream
 from sim.trace.roundtrip import RoundTrips
 from sim.trace.sched import Scheduler
@@ -53,13 +53,15 @@ class Capture:
     def file_size(self) -> int:
         return self.index.file_size
 
-    def arcs(self, progress: Progress | None = None) -> Iterator[tuple[ArcBatch, RoundTrips]]:
+    def arcs(
+        self, progress: Progress | None = None, batch_bytes: int = BATCH_BYTES
+    ) -> Iterator[tuple[ArcBatch, RoundTrips]]:
         sched = Scheduler()
         builder = ArcBuilder()
         self.warnings = list(self.index.warnings)
         self.records = 0
         first, last = None, 0
-        for merged, warnings in merged_stream(self.index):
+        for merged, warnings in merged_stream(self.index, batch_bytes):
             self.warnings.extend(warnings)
             if len(merged):
                 real = merged.virt == REAL
@@ -115,12 +117,13 @@ def summarize_capture(
     cpu_hz: float | None = None,
     domain: int | None = None,
     progress: Progress | None = None,
+    batch_bytes: int = BATCH_BYTES,
 ) -> CaptureSummary:
     """Per-vCPU exit reasons, addresses, p2m types and round-trip stages of a capture."""
     cap = Capture(path)
     exits, addresses, npf = GroupedStats(), GroupedStats(), GroupedStats()
     stages: dict[int, dict[str, CycleStats]] = {}
-    for arcs, trips in cap.arcs(progress):
+    for arcs, trips in cap.arcs(progress, batch_bytes):
         keep = np.ones(len(arcs), dtype=bool) if domain is None else arcs.domain == domain
         dom, cyc = arcs.domain[keep], arcs.cycles[keep]
         exits.add([dom, arcs.vcpu[keep], arcs.exit_reason[keep]], cyc)
