@@ -16,10 +16,10 @@ import json
 from pathlib import Path
 
 import pytest
+from trace_fixtures import Knobs, host_capture
 
 from sim.trace.format import DEFAULT_DOMAIN, exit_reason_name
 from sim.trace.reader import summarize_capture
-from trace_fixtures import Knobs, host_capture
 
 DATA = json.loads((Path(__file__).parent / "data" / "xenalyze_agreement.json").read_text())
 CASES = {c["name"]: c for c in DATA["captures"]}

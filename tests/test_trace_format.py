@@ -269,7 +269,8 @@ def test_a_capture_cut_inside_its_last_record(tmp_path: Path, capsys) -> None:
     assert any("cut" in w and str(len(data) - 20) in w for w in s.warnings), s.warnings
     assert main(["trace", "summarize", str(path), "--format", "csv"]) == 0
     err = capsys.readouterr().err
-    assert "warning" in err and f"byte offset {len(data) - 20}" in err
+    assert "warning" in err
+    assert f"byte offset {len(data) - 20}" in err
 
 
 @pytest.mark.parametrize(
@@ -289,7 +290,8 @@ def test_not_a_capture_is_exit_2_in_one_line(tmp_path: Path, capsys, name: str, 
     assert main(["trace", "summarize", str(path)]) == 2
     out, err = capsys.readouterr()
     assert out == ""
-    assert err.count("\n") == 1 and str(path) in err
+    assert err.count("\n") == 1
+    assert str(path) in err
 
 
 @pytest.mark.parametrize("kind", ["directory", "missing"])
@@ -297,7 +299,8 @@ def test_a_directory_or_a_missing_file_is_exit_2(tmp_path: Path, capsys, kind: s
     path = tmp_path if kind == "directory" else tmp_path / "nothing.bin"
     assert main(["trace", "summarize", str(path)]) == 2
     out, err = capsys.readouterr()
-    assert out == "" and err.count("\n") == 1
+    assert out == ""
+    assert err.count("\n") == 1
 
 
 # -- output ---------------------------------------------------------------------------------
@@ -311,7 +314,9 @@ def test_csv_and_json_output(tmp_path: Path, capsys) -> None:
     assert lines[1].split(",")[-1] == "1.0"
     assert main(["trace", "summarize", str(path), "--format", "json", "--domain", "2"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["exits"] == [] and doc["records"] == 3 and doc["lost_records"] == 0
+    assert doc["exits"] == []
+    assert doc["records"] == 3
+    assert doc["lost_records"] == 0
 
 
 def test_bad_cpu_hz_is_a_usage_error(tmp_path: Path) -> None:
@@ -324,7 +329,8 @@ def test_bad_cpu_hz_is_a_usage_error(tmp_path: Path) -> None:
 
 def test_header_word_size_rules() -> None:
     head = fmt.header(fmt.TRC_HVM_NPF, 6, False)
-    assert head >> 31 == 0 and (head >> 28) & 7 == 6
-    with pytest.raises(ValueError, match="0..7"):
+    assert head >> 31 == 0
+    assert (head >> 28) & 7 == 6
+    with pytest.raises(ValueError, match=r"0\.\.7"):
         fmt.header(fmt.TRC_HVM_NPF, 8, False)
     assert struct.unpack("<I", R(fmt.TRC_HVM_VMENTRY, (), 1)[:4])[0] == 0x80081001
