@@ -286,12 +286,10 @@ class Merger:
         tied_runs = np.unique(run_of[mixed])
         # Position of each sorted row's predecessor on the same pCPU (-1: none this call).
         prev = np.full(n, -1, dtype=np.int64)
-        last_at: dict[int, int] = {}
+        by_cpu = np.argsort(c_s, kind="stable")
+        same = c_s[by_cpu[1:]] == c_s[by_cpu[:-1]]
+        prev[by_cpu[1:][same]] = by_cpu[:-1][same]
         cl = c_s.tolist()
-        for i in range(n):
-            c = cl[i]
-            prev[i] = last_at.get(c, -1)
-            last_at[c] = i
         pos = np.arange(n, dtype=np.int64)  # final position of each sorted row
         out = order.copy()
         for r in tied_runs.tolist():

@@ -27,7 +27,7 @@ from sim.trace.decode import BATCH_BYTES, index_windows
 from sim.trace.merge import REAL, merged_stream
 from sim.trace.roundtrip import RoundTrips
 from sim.trace.sched import Scheduler
-from sim.trace.stats import CycleStats, GroupedStats
+from sim.trace.stats import CycleStats, FlatStats, GroupedStats
 
 Progress = Callable[[int, int], None]
 STAGES = ("exit_to_dom0", "dom0_to_done", "done_to_resume", "exit_to_resume")
@@ -103,7 +103,7 @@ class CaptureSummary:
     last_tsc: int
     cpu_hz: float | None
     exits: GroupedStats = field(default_factory=GroupedStats)  # (domain, vcpu, reason)
-    addresses: GroupedStats = field(default_factory=GroupedStats)  # (domain, kind, addr, w)
+    addresses: FlatStats = field(default_factory=FlatStats)  # (domain, kind, addr, write)
     npf: GroupedStats = field(default_factory=GroupedStats)  # (domain, p2m type)
     stages: dict[int, dict[str, CycleStats]] = field(default_factory=dict)
     lost_records: int = 0
@@ -121,7 +121,7 @@ def summarize_capture(
 ) -> CaptureSummary:
     """Per-vCPU exit reasons, addresses, p2m types and round-trip stages of a capture."""
     cap = Capture(path)
-    exits, addresses, npf = GroupedStats(), GroupedStats(), GroupedStats()
+    exits, addresses, npf = GroupedStats(), FlatStats(), GroupedStats()
     stages: dict[int, dict[str, CycleStats]] = {}
     for arcs, trips in cap.arcs(progress, batch_bytes):
         keep = np.ones(len(arcs), dtype=bool) if domain is None else arcs.domain == domain

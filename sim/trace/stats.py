@@ -83,25 +83,120 @@ class CycleStats:
 
 
 class GroupedStats:
-    """One :class:`CycleStats` per group key, fed with whole arrays at a time."""
+    """One :class:`CycleStats` per group key, fed with whole arrays at a time (vectorised:
+    one pass per batch, however many groups). ``percentiles=False`` keeps count, sum and
+    maximum only, for tables with many groups (one per address)."""
 
-    def __init__(self) -> None:
+    def __init__(self, percentiles: bool = True) -> None:
         self.groups: dict[Hashable, CycleStats] = {}
+        self.percentiles = percentiles
 
     def add(self, keys: list[np.ndarray], cycles: np.ndarray) -> None:
         if not len(cycles):
             return
-        stacked = np.stack([k.astype(np.int64) for k in keys], axis=1)
-        uniq, inverse = np.unique(stacked, axis=0, return_inverse=True)
+        cycles = cycles.astype(np.int64)
+        # Each key column to dense codes, the codes to one mixed-radix int64, one 1-D unique:
+        # much faster than np.unique(axis=0) on stacked rows.
+        combined = np.zeros(len(cycles), dtype=np.int64)
+        values = []
+        for col in keys:
+            vals, code = np.unique(col, return_inverse=True)
+            combined = combined * len(vals) + code.reshape(-1)
+            values.append(vals.tolist())
+        codes, inverse = np.unique(combined, return_inverse=True)
         inverse = inverse.reshape(-1)
-        order = np.argsort(inverse, kind="stable")
-        bounds = np.searchsorted(inverse[order], np.arange(len(uniq) + 1))
-        for g, row in enumerate(uniq.tolist()):
-            key = tuple(row)
-            stats = self.groups.get(key)
-            if stats is None:
-                stats = self.groups[key] = CycleStats()
-            stats.add(cycles[order[bounds[g] : bounds[g + 1]]])
+        n = len(codes)
+        uniq = []
+        for c in codes.tolist():
+            parts = []
+            for vals in reversed(values):
+                c, r = divmod(c, len(vals))
+                parts.append(int(vals[r]))
+            uniq.append(tuple(reversed(parts)))
+        count = np.bincount(inverse, minlength=n)
+        nz = cycles > 0
+        g_nz, c_nz = inverse[nz], cycles[nz]
+        nonzero = np.bincount(g_nz, minlength=n)
+        total = np.zeros(n, dtype=np.int64)
+        np.add.at(total, g_nz, c_nz)
+        biggest = np.zeros(n, dtype=np.int64)
+        np.maximum.at(biggest, g_nz, c_nz)
+        stats = []
+        for key, c, z, t, m in zip(
+            uniq,
+            count.tolist(),
+            nonzero.tolist(),
+            total.tolist(),
+            biggest.tolist(),
+            strict=True,
+        ):
+            st = self.groups.get(key)
+            if st is None:
+                st = self.groups[key] = CycleStats()
+            st.count += c
+            st.nonzero += z
+            st.total += t
+            st.max = max(st.max, m)
+            stats.append(st)
+        if self.percentiles and len(c_nz):
+            pairs, hits = np.unique(
+                np.stack((g_nz, bucket_of(c_nz)), axis=1), axis=0, return_counts=True
+            )
+            for (g, b), h in zip(pairs.tolist(), hits.tolist(), strict=True):
+                hist = stats[g].hist
+                hist[b] = hist.get(b, 0) + h
 
     def items(self) -> list[tuple[Hashable, CycleStats]]:
         return sorted(self.groups.items(), key=lambda kv: kv[0])  # type: ignore[arg-type]
+
+
+class FlatStats:
+    """Count, sum and maximum per group for tables with very many groups (one per
+    address): each batch is reduced with numpy and the partial sums are merged in place,
+    so no Python code runs per group until the table is read."""
+
+    def __init__(self) -> None:
+        self._keys: np.ndarray | None = None  # (groups, columns) int64
+        self._sums = np.zeros((0, 4), dtype=np.int64)  # count, nonzero, total, max
+
+    def add(self, keys: list[np.ndarray], cycles: np.ndarray) -> None:
+        if not len(cycles):
+            return
+        cycles = cycles.astype(np.int64)
+        cols = np.stack([k.astype(np.int64) for k in keys], axis=1)
+        nz = cycles > 0
+        part = np.stack(
+            (np.ones(len(cycles), np.int64), nz.astype(np.int64), cycles * nz, cycles * nz),
+            axis=1,
+        )
+        if self._keys is not None:
+            cols = np.concatenate((self._keys, cols))
+            part = np.concatenate((self._sums, part))
+        self._keys, self._sums = _reduce(cols, part)
+
+    @property
+    def groups(self) -> dict[Hashable, CycleStats]:
+        out: dict[Hashable, CycleStats] = {}
+        if self._keys is None:
+            return out
+        for key, (count, nonzero, total, biggest) in zip(
+            self._keys.tolist(), self._sums.tolist(), strict=True
+        ):
+            st = out[tuple(key)] = CycleStats()
+            st.count, st.nonzero, st.total, st.max = count, nonzero, total, biggest
+        return out
+
+    def items(self) -> list[tuple[Hashable, CycleStats]]:
+        return sorted(self.groups.items(), key=lambda kv: kv[0])  # type: ignore[arg-type]
+
+
+def _reduce(cols: np.ndarray, part: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows with equal keys summed (count, nonzero, total) and maxed (max)."""
+    order = np.lexsort(cols.T[::-1])
+    cols, part = cols[order], part[order]
+    new = np.ones(len(cols), dtype=bool)
+    new[1:] = (cols[1:] != cols[:-1]).any(axis=1)
+    starts = np.flatnonzero(new)
+    sums = np.add.reduceat(part[:, :3], starts, axis=0)
+    biggest = np.maximum.reduceat(part[:, 3], starts)
+    return cols[starts], np.column_stack((sums, biggest))
