@@ -27,7 +27,7 @@ from sim.trace import format as fmt
 #: Data words kept per record: the most any record we interpret uses (NPF: gpa, mfn,
 #: qualification, p2m type). Longer records keep their first six.
 DATA_WORDS = 6
-BATCH_BYTES = 8 << 20
+BATCH_BYTES = 2 << 20
 
 
 @dataclass
@@ -139,7 +139,7 @@ class RecordBatch:
     window_ids: np.ndarray  # the index-numbers of the windows in this batch
 
 
-def _frame(words: np.ndarray, start: int, stop: int) -> tuple[list[int], int | None]:
+def _frame(words: np.ndarray, start: int, stop: int) -> tuple[np.ndarray, int | None]:
     """Record starts (word indexes) of the window ``words[start:stop]``; and the word index
     of a last record cut by the window's end, if any."""
     w = words[start:stop]
@@ -154,7 +154,7 @@ def _frame(words: np.ndarray, start: int, stop: int) -> tuple[list[int], int | N
     cut = None
     if i > n:  # the last record runs past the window
         cut = starts.pop()
-    return [s + start for s in starts], (None if cut is None else cut + start)
+    return np.asarray(starts, dtype=np.int64) + start, (None if cut is None else cut + start)
 
 
 def iter_batches(
@@ -186,7 +186,7 @@ def _decode_span(
 ) -> tuple[RecordBatch, list[str]]:
     usable = len(raw) - len(raw) % 4
     words = np.frombuffer(raw, dtype="<u4", count=usable // 4)
-    starts: list[int] = []
+    starts: list[np.ndarray] = []
     pcpu_runs: list[int] = []
     ends: list[int] = []
     warnings: list[str] = []
@@ -206,10 +206,10 @@ def _decode_span(
                 f"record at byte offset {span_start + 4 * cut} is cut by the end of its "
                 f"window (pCPU {int(index.pcpus[k])}); decoded up to there"
             )
-        starts.extend(got)
+        starts.append(got)
         pcpu_runs.append(len(got))
-        ends.append(len(starts) - 1)
-    s = np.asarray(starts, dtype=np.int64)
+        ends.append(sum(pcpu_runs) - 1)
+    s = np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
     pcpu = np.repeat(index.pcpus[first:last], pcpu_runs).astype(np.int32)
     n_words = len(words)
     head = words[s] if len(s) else np.zeros(0, dtype=np.uint32)

@@ -139,10 +139,9 @@ class GroupedStats:
             st.max = max(st.max, m)
             stats.append(st)
         if self.percentiles and len(c_nz):
-            pairs, hits = np.unique(
-                np.stack((g_nz, bucket_of(c_nz)), axis=1), axis=0, return_counts=True
-            )
-            for (g, b), h in zip(pairs.tolist(), hits.tolist(), strict=True):
+            pairs, hits = np.unique(g_nz * (1 << 32) + bucket_of(c_nz), return_counts=True)
+            for pair, h in zip(pairs.tolist(), hits.tolist(), strict=True):
+                g, b = divmod(pair, 1 << 32)
                 hist = stats[g].hist
                 hist[b] = hist.get(b, 0) + h
 
@@ -158,6 +157,7 @@ class FlatStats:
     def __init__(self) -> None:
         self._keys: np.ndarray | None = None  # (groups, columns) int64
         self._sums = np.zeros((0, 4), dtype=np.int64)  # count, nonzero, total, max
+        self._reduced = 0  # rows at the last reduction: reduce again at twice that
 
     def add(self, keys: list[np.ndarray], cycles: np.ndarray) -> None:
         if not len(cycles):
@@ -172,13 +172,18 @@ class FlatStats:
         if self._keys is not None:
             cols = np.concatenate((self._keys, cols))
             part = np.concatenate((self._sums, part))
-        self._keys, self._sums = _reduce(cols, part)
+        if len(cols) > 2 * self._reduced:  # amortised: each row is re-sorted O(1) times
+            cols, part = _reduce(cols, part)
+            self._reduced = len(cols)
+        self._keys, self._sums = cols, part
 
     @property
     def groups(self) -> dict[Hashable, CycleStats]:
         out: dict[Hashable, CycleStats] = {}
         if self._keys is None:
             return out
+        self._keys, self._sums = _reduce(self._keys, self._sums)
+        self._reduced = len(self._keys)
         for key, (count, nonzero, total, biggest) in zip(
             self._keys.tolist(), self._sums.tolist(), strict=True
         ):
