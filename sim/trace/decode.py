@@ -27,7 +27,7 @@ from sim.trace import format as fmt
 #: Data words kept per record: the most any record we interpret uses (NPF: gpa, mfn,
 #: qualification, p2m type). Longer records keep their first six.
 DATA_WORDS = 6
-BATCH_BYTES = 2 << 20
+BATCH_BYTES = 4 << 20
 
 
 @dataclass

@@ -177,6 +177,14 @@ class FlatStats:
             self._reduced = len(cols)
         self._keys, self._sums = cols, part
 
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """(keys, [count, nonzero, total, max]) per group, sorted by key."""
+        if self._keys is None:
+            return np.zeros((0, 0), dtype=np.int64), np.zeros((0, 4), dtype=np.int64)
+        self._keys, self._sums = _reduce(self._keys, self._sums)
+        self._reduced = len(self._keys)
+        return self._keys, self._sums
+
     @property
     def groups(self) -> dict[Hashable, CycleStats]:
         out: dict[Hashable, CycleStats] = {}
