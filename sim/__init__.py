@@ -64,11 +64,21 @@ _EXPORTS: dict[str, str] = {
     "visits_figure": "sim.study.plot",
     "series_table": "sim.study.plot",
     "write_figures": "sim.study.plot",
+    "Capture": "sim.trace.reader",
+    "CaptureSummary": "sim.trace.reader",
+    "summarize_capture": "sim.trace.reader",
+    "ArcBatch": "sim.trace.arcs",
+    "RoundTrips": "sim.trace.roundtrip",
+    "CaptureWriter": "sim.trace.writer",
 }
 
 __all__ = [
     "MAX_NR_IO_RANGES",
     "Access",
+    "ArcBatch",
+    "Capture",
+    "CaptureSummary",
+    "CaptureWriter",
     "CaseFile",
     "Design",
     "HypercallError",
@@ -80,6 +90,7 @@ __all__ = [
     "RangeType",
     "Rangeset",
     "RangesetFull",
+    "RoundTrips",
     "Route",
     "RunResult",
     "Scenario",
@@ -104,6 +115,7 @@ __all__ = [
     "scenario_from_data",
     "series_table",
     "summarize",
+    "summarize_capture",
     "totals",
     "visits_figure",
     "write_figures",
@@ -141,6 +153,10 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time names resolve la
     from sim.study.sweep import run_sweep
     from sim.study.sweepfile import Sweep, load_sweep
     from sim.study.tables import SweepResults, format_aggregate, format_number, load_results
+    from sim.trace.arcs import ArcBatch
+    from sim.trace.reader import Capture, CaptureSummary, summarize_capture
+    from sim.trace.roundtrip import RoundTrips
+    from sim.trace.writer import CaptureWriter
     from sim.xen.abi import MAX_NR_IO_RANGES, IoreqType, PciSlot, RangeType, parse_pci_slot
     from sim.xen.casefile import CaseFile, load_case_file
     from sim.xen.casereport import run_case

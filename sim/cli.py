@@ -123,7 +123,7 @@ def _cmd_trace_summarize(args: argparse.Namespace) -> int:
     if args.format == "json":
         sys.stdout.write(report.to_json(summary))
     elif args.format == "csv":
-        rows = report.all_tables(summary)[args.table]
+        rows = report.table(summary, args.table)
         columns = report.EXIT_COLUMNS if args.table == "exits" else None
         sys.stdout.write(report.to_csv(rows, columns))
     else:

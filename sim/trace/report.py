@@ -127,13 +127,16 @@ def stage_rows(s: CaptureSummary) -> list[dict[str, Any]]:
     ]
 
 
+_BUILDERS = {"exits": exit_rows, "addresses": address_rows, "npf": npf_rows, "stages": stage_rows}
+
+
+def table(s: CaptureSummary, name: str) -> list[dict[str, Any]]:
+    """One of :data:`TABLES`, built alone (the address table can be large)."""
+    return _BUILDERS[name](s)
+
+
 def all_tables(s: CaptureSummary) -> dict[str, list[dict[str, Any]]]:
-    return {
-        "exits": exit_rows(s),
-        "addresses": address_rows(s),
-        "npf": npf_rows(s),
-        "stages": stage_rows(s),
-    }
+    return {name: table(s, name) for name in TABLES}
 
 
 def to_csv(rows: list[dict[str, Any]], columns: tuple[str, ...] | None = None) -> str:
