@@ -96,7 +96,8 @@ def _hvm_events(m: Merged, current: np.ndarray) -> dict[str, np.ndarray]:
     main = (ev >> fmt.MAIN_SHIFT) & 0xFFF
     sub = (ev >> fmt.SUB_SHIFT) & 0xF
     idle = (current >> 16) == fmt.IDLE_DOMAIN
-    ok = (m.virt == REAL) & (main == 8) & (sub != 4) & (current != NO_VCPU) & ~idle
+    hvm = (main == fmt.MAIN_HVM) & (sub != fmt.SUB_HVM_EMUL)
+    ok = (m.virt == REAL) & hvm & (current != NO_VCPU) & ~idle
     base = ev & ~np.uint32(fmt.TRC_64_FLAG)
     x64 = (ev & fmt.TRC_64_FLAG) != 0
     extra = m.extra.astype(np.int64)
@@ -201,13 +202,14 @@ class ArcBuilder:
     ) -> dict[str, np.ndarray]:
         """Drop HVM events of vCPUs whose first typed record was PV (``vcpu_set_data_type``)."""
         main = (m.event >> fmt.MAIN_SHIFT) & 0xFFF
-        typed = (m.virt == REAL) & ((main == 8) | (main == 0x20)) & (current != NO_VCPU)
+        pv = main == fmt.MAIN_PV
+        typed = (m.virt == REAL) & ((main == fmt.MAIN_HVM) | pv) & (current != NO_VCPU)
         rows = np.flatnonzero(typed)
         if len(rows):
             keys, first = np.unique(current[rows], return_index=True)
             for k, i in zip(keys.tolist(), first.tolist(), strict=True):
                 if k not in self.first_type:
-                    self.first_type[k] = 2 if main[rows[i]] == 0x20 else 1
+                    self.first_type[k] = 2 if pv[rows[i]] else 1
         if all(t == 1 for t in self.first_type.values()):
             return hvm
         pv = np.asarray([k for k, t in self.first_type.items() if t == 2], dtype=np.int64)

@@ -134,8 +134,6 @@ class RecordBatch:
     tsc: np.ndarray  # uint64, 0 where the record has none
     data: np.ndarray  # uint32 (n, DATA_WORDS), zero past the record's extra words
     offset: np.ndarray  # int64, byte offset of the record in the file
-    #: index of the last row of each window in this batch (its pCPU's stream may end there)
-    window_end_rows: np.ndarray
     window_ids: np.ndarray  # the index-numbers of the windows in this batch
 
 
@@ -211,7 +209,6 @@ def _decode_span(
     words = np.frombuffer(raw, dtype="<u4", count=usable // 4)
     starts: list[np.ndarray] = []
     pcpu_runs: list[int] = []
-    ends: list[int] = []
     warnings: list[str] = []
     for k in range(first, last):
         a = int(index.offsets[k]) - span_start
@@ -231,7 +228,6 @@ def _decode_span(
             )
         starts.append(got)
         pcpu_runs.append(len(got))
-        ends.append(sum(pcpu_runs) - 1)
     s = np.concatenate(starts) if starts else np.zeros(0, dtype=np.int64)
     pcpu = np.repeat(index.pcpus[first:last], pcpu_runs).astype(np.int32)
     n_words = len(words)
@@ -254,7 +250,6 @@ def _decode_span(
         tsc=tsc,
         data=data,
         offset=span_start + 4 * s,
-        window_end_rows=np.asarray(ends, dtype=np.int64),
         window_ids=np.arange(first, last),
     )
     return batch, warnings

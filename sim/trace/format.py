@@ -24,26 +24,21 @@ MAX_EXTRA_WORDS = 7
 
 # -- classes and sub-classes (trace.h @RELEASE-4.6.0 and master) -------------------------
 TRC_GEN = 0x0001F000
-TRC_SCHED = 0x0002F000
-TRC_HVM = 0x0008F000
-TRC_PV = 0x0020F000
 TRC_64_FLAG = 0x100
 
-#: The class bits (16..27) of an event, as xenalyze's ``evt.main``.
+#: The class bits (16..27) of an event, xenalyze's ``evt.main``, and the sub-class (12..15).
 MAIN_SHIFT = 16
 SUB_SHIFT = 12
-#: xenalyze's toplevel index is the bit number of the (single) class bit: 0 GEN, 1 SCHED,
-#: 2 DOM0OP, 3 HVM, 4 MEM, 5 PV, 6 SHADOW, 7 HW (analyze.h ``TRC_*_MAIN``).
-TOPLEVEL_GEN, TOPLEVEL_SCHED, TOPLEVEL_HVM, TOPLEVEL_PV = 0, 1, 3, 5
+MAIN_SCHED, MAIN_HVM, MAIN_PV = 0x002, 0x008, 0x020  # TRC_SCHED, TRC_HVM, TRC_PV >> 16
+SUB_SCHED_MIN = 1  # runstate changes (TRC_SCHED_MIN)
+SUB_HVM_EMUL = 4  # emulated-device timers: no vCPU context (TRC_HVM_EMUL)
 
 TRC_LOST_RECORDS = TRC_GEN + 1
-TRC_TRACE_WRAP_BUFFER = TRC_GEN + 2
 TRC_TRACE_CPU_CHANGE = TRC_GEN + 3
 
 TRC_SCHED_MIN = 0x00021000
 TRC_SCHED_RUNSTATE_CHANGE = TRC_SCHED_MIN + 1
 TRC_SCHED_CONTINUE_RUNNING = TRC_SCHED_MIN + 2
-TRC_SCHED_WAKE = 0x00028000 + 4
 
 TRC_HVM_ENTRYEXIT = 0x00081000
 TRC_HVM_HANDLER = 0x00082000
@@ -72,7 +67,6 @@ MAX_CPUS = 256
 
 # -- runstates: Xen's public numbering in records, xenalyze's extra states after it -------
 RUNNING, RUNNABLE, BLOCKED, OFFLINE, LOST, QUEUED, INIT = range(7)
-RUNSTATE_NAMES = ("running", "runnable", "blocked", "offline", "lost", "queued", "init")
 
 # -- VMX exit reasons: Intel SDM Vol. 3 appendix C, spelled as xenalyze prints them -------
 VMX_EXIT_REASONS: dict[int, str] = {
@@ -129,11 +123,6 @@ VMX_EXIT_REASONS: dict[int, str] = {
     54: "WBINVD",
     55: "XSETBV",
 }
-#: xenalyze accepts a VMX reason up to this (``HVM_VMX_EXIT_REASON_MAX``, XSETBV + 1) and
-#: prints reasons below it; a larger one is an error there.
-VMX_EXIT_REASON_MAX = 56
-#: AMD SVM reasons are kept by number only (this tool names Intel's).
-SVM_EXIT_REASON_MAX = 1025
 EXIT_IO_INSTRUCTION = 30
 EXIT_EPT_VIOLATION = 48
 

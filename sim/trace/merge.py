@@ -112,7 +112,6 @@ class Merger:
         self.index = index
         self.pcpus: dict[int, _Pcpu] = {}
         self.next_seq = 0
-        self.skew_warnings = 0
         by_cpu: dict[int, list[int]] = {}
         for w, cpu in enumerate(index.pcpus.tolist()):
             by_cpu.setdefault(cpu, []).append(w)

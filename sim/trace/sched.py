@@ -34,7 +34,14 @@ from sim.trace import format as fmt
 from sim.trace.merge import ACTIVATE, DEACTIVATE, LOST_END, REAL, Merged
 
 NO_VCPU = -1
-RUNNING, RUNNABLE, BLOCKED, OFFLINE, LOST, QUEUED, INIT = range(7)
+RUNNING, RUNNABLE, OFFLINE, LOST, QUEUED, INIT = (
+    fmt.RUNNING,
+    fmt.RUNNABLE,
+    fmt.OFFLINE,
+    fmt.LOST,
+    fmt.QUEUED,
+    fmt.INIT,
+)
 
 
 def vcpu_key(domain: int, vcpu: int) -> int:
@@ -269,7 +276,7 @@ class Scheduler:
         main = (event >> fmt.MAIN_SHIFT) & 0xFFF
         sub = (event >> fmt.SUB_SHIFT) & 0xF
         real = m.virt == REAL
-        is_sched = real & (main == 2) & (sub == 1)
+        is_sched = real & (main == fmt.MAIN_SCHED) & (sub == fmt.SUB_SCHED_MIN)
         is_lost = (event == fmt.TRC_LOST_RECORDS) & ((m.virt == REAL) | (m.virt == LOST_END))
         wanted = np.flatnonzero(is_sched | is_lost | (m.virt == ACTIVATE) | (m.virt == DEACTIVATE))
         ev = self._ev = SchedEvents(current=np.empty(n, dtype=np.int64))

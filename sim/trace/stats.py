@@ -84,12 +84,10 @@ class CycleStats:
 
 class GroupedStats:
     """One :class:`CycleStats` per group key, fed with whole arrays at a time (vectorised:
-    one pass per batch, however many groups). ``percentiles=False`` keeps count, sum and
-    maximum only, for tables with many groups (one per address)."""
+    one pass per batch, however many groups)."""
 
-    def __init__(self, percentiles: bool = True) -> None:
+    def __init__(self) -> None:
         self.groups: dict[Hashable, CycleStats] = {}
-        self.percentiles = percentiles
 
     def add(self, keys: list[np.ndarray], cycles: np.ndarray) -> None:
         if not len(cycles):
@@ -138,7 +136,7 @@ class GroupedStats:
             st.total += t
             st.max = max(st.max, m)
             stats.append(st)
-        if self.percentiles and len(c_nz):
+        if len(c_nz):
             pairs, hits = np.unique(g_nz * (1 << 32) + bucket_of(c_nz), return_counts=True)
             for pair, h in zip(pairs.tolist(), hits.tolist(), strict=True):
                 g, b = divmod(pair, 1 << 32)
