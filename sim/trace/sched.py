@@ -12,9 +12,9 @@ verbose sub-class for dumps only. The rules that decide exit arcs:
   before the first scheduler record there belong to no real domain;
 * a vCPU's first runstate record goes through ``vcpu_start``: it becomes current only if
   the record takes it to running (from running, the pCPU's current is cleared first);
-* a runstate change that makes a vCPU *runnable* closes its open exit arc at that TSC
-  ("close vmexits when the putative reason for blocking stops"): the arc of an exit that
-  blocked in Xen ends at the wake-up, not at the next VM entry;
+* a runstate change that makes a vCPU *runnable* closes its open exit arc at that TSC:
+  xenalyze takes the wake-up as the end of whatever the vCPU was blocked on, so the arc
+  of an exit that blocked in Xen ends at the wake-up, not at the next VM entry;
 * a lost-records record clears the open arc of the pCPU's current vCPU, marks every vCPU
   that is not running as lost (clearing its arc too), and takes the current vCPU off the
   pCPU until the end of the loss, when the vCPU the record names becomes current;
