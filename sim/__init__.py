@@ -36,10 +36,13 @@ _EXPORTS: dict[str, str] = {
     "PciSlot": "sim.xen.abi",
     "RangeType": "sim.xen.abi",
     "Route": "sim.xen.ioreq",
+    "PROFILES": "sim.xen.profiles",
+    "VersionProfile": "sim.xen.profiles",
+    "split_access": "sim.xen.emulate",
     "parse_pci_slot": "sim.xen.abi",
     "CaseFile": "sim.xen.casefile",
     "load_case_file": "sim.xen.casefile",
-    "run_case": "sim.xen.casereport",
+    "run_case": "sim.xen.caserun",
     # the model
     "Scenario": "sim.model.scenario",
     "load_scenario": "sim.model.scenario",
@@ -74,6 +77,7 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = [
     "MAX_NR_IO_RANGES",
+    "PROFILES",
     "Access",
     "ArcBatch",
     "Capture",
@@ -97,6 +101,7 @@ __all__ = [
     "Simulation",
     "Sweep",
     "SweepResults",
+    "VersionProfile",
     "__version__",
     "format_aggregate",
     "format_number",
@@ -114,6 +119,7 @@ __all__ = [
     "run_to_directory",
     "scenario_from_data",
     "series_table",
+    "split_access",
     "summarize",
     "summarize_capture",
     "totals",
@@ -159,6 +165,8 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time names resolve la
     from sim.trace.writer import CaptureWriter
     from sim.xen.abi import MAX_NR_IO_RANGES, IoreqType, PciSlot, RangeType, parse_pci_slot
     from sim.xen.casefile import CaseFile, load_case_file
-    from sim.xen.casereport import run_case
+    from sim.xen.caserun import run_case
+    from sim.xen.emulate import split_access
     from sim.xen.ioreq import Access, Design, HypercallError, IoreqDomain, IoreqServer, Route
+    from sim.xen.profiles import PROFILES, VersionProfile
     from sim.xen.rangeset import Rangeset, RangesetFull

@@ -59,7 +59,7 @@ def test_no_servers_routes_to_null_handler() -> None:
     """hvm.c @RELEASE-4.6.0, hvm_select_ioreq_server(): an empty ioreq_server list returns
     NULL, and hvmemul_do_io() (emulate.c @4.6) then uses the null handler."""
     dom = IoreqDomain()
-    for access in (pio(0x3F8), mmio(0xFEE0_0000, write=True)):
+    for access in (pio(0x3F8), mmio(0xFEB0_0000, write=True)):
         route = dom.route(access)
         assert route.handler == "none"
         assert route.server is None
@@ -207,7 +207,7 @@ def test_mmio_window_covers_size_times_count() -> None:
 def test_mmio_df_ignored_under_xen_46() -> None:
     """hvm.c @RELEASE-4.6.0, hvm_select_ioreq_server(): the MEMORY window ignores the
     direction flag, so a backwards rep op is checked over ``[addr, addr+size*count-1]``."""
-    dom = IoreqDomain(mmio_window="xen-4.6")
+    dom = IoreqDomain(version="4.6")
     srv = dom.create_server("srv")
     dom.map_io_range(srv, RangeType.MEMORY, 0x1000, 0x1FFF)
     # Bytes really touched: 0xff8..0x1007 (below the range), yet 4.6 checks 0x1004..0x1013.
@@ -219,7 +219,7 @@ def test_mmio_df_ignored_under_xen_46() -> None:
 def test_mmio_df_respected_under_xen_412() -> None:
     """60a56dc006 (RELEASE-4.12.0), hvm_mmio_first_byte()/hvm_mmio_last_byte(): with df
     set the window is ``[addr - (count-1)*size, addr + size - 1]``."""
-    dom = IoreqDomain(mmio_window="xen-4.12")
+    dom = IoreqDomain(version="4.12")
     srv = dom.create_server("srv")
     dom.map_io_range(srv, RangeType.MEMORY, 0x1000, 0x1FFF)
     assert dom.route(mmio(0x1004, 4, count=4, df=True)).handler == "none"
@@ -426,14 +426,14 @@ def test_unmap_split_at_full_budget_is_enomem() -> None:
 
 def test_map_and_unmap_refuse_bad_requests() -> None:
     """hvm.c @RELEASE-4.6.0 map/unmap: the default server is not found among the
-    non-default servers (-ENOENT); ``start > end`` is -EINVAL since d59e55b018 (4.10);
-    WP_MEM exists only under f5a32c5b8e (-EINVAL for an unknown type otherwise)."""
+    non-default servers (-ENOENT); WP_MEM exists only under f5a32c5b8e (-EINVAL for an
+    unknown type otherwise). ``start > end`` is only an ASSERT in 4.6 (XSA-238): the
+    model refuses to guess what a release build does."""
     dom = IoreqDomain()
     default = dom.create_server("qemu", default=True)
     srv = dom.create_server("srv")
     cases = [
         (default, RangeType.PORT, 0x10, 0x1F, "ENOENT"),
-        (srv, RangeType.PORT, 0x1F, 0x10, "EINVAL"),
         (srv, RangeType.WP_MEM, 0x10, 0x1F, "EINVAL"),
     ]
     for server, rtype, s, e, errno_name in cases:
@@ -441,6 +441,19 @@ def test_map_and_unmap_refuse_bad_requests() -> None:
             with pytest.raises(HypercallError) as info:
                 call(server, rtype, s, e)
             assert info.value.errno_name == errno_name
+    for call in (dom.map_io_range, dom.unmap_io_range):
+        with pytest.raises(ValueError, match="XSA-238"):
+            call(srv, RangeType.PORT, 0x1F, 0x10)
+
+
+@pytest.mark.parametrize(("version", "errno_name"), [("4.12", "EINVAL"), ("master", "EINVAL")])
+def test_start_above_end_is_einval_from_4_10(version: str, errno_name: str) -> None:
+    """d59e55b018 (RELEASE-4.10.0): map/unmap return -EINVAL for start > end
+    (ioreq.c @RELEASE-4.12.0 lines 1007 and 1059; xen/common/ioreq.c @master 850, 902)."""
+    dom = IoreqDomain(version=version)
+    srv = dom.create_server("srv")
+    for call in (dom.map_io_range_rc, dom.unmap_io_range_rc):
+        assert call(srv, RangeType.PORT, 0x1F, 0x10) == (errno_name, 0)
 
 
 def test_map_visits_hand_computed() -> None:
@@ -672,24 +685,28 @@ def test_route_fast_agrees_with_route(design: Design) -> None:
         pio(0x3DE, 4),
         mmio(BAR[0] + 0x44, write=True),
         mmio(gpa(0x102, 0x8), 8, write=True),
-        mmio(gpa(0x103), write=False),
+        mmio(gpa(0x103), write=False),  # a read-modify-write's read half
         mmio(gpa(0x101), write=True),
+        mmio(0xFEE0_0300, write=True),  # the vLAPIC's ICR: Xen's own emulator
     ]
     slow, fast = build(), build()
     for access in script:
         route = slow.route(access)
-        assert fast.route_fast(access) == (
+        handler, server, visits, p2m_lookups, emulators = fast.route_fast(access)
+        assert (handler, server and server.name, visits, p2m_lookups, emulators) == (
             route.handler,
-            route.server and fast.servers[route.server.id],
+            route.server and route.server.name,
             route.visits,
             route.p2m_lookups,
+            route.emulators_checked,
         )
         assert fast.pci_cf8 == slow.pci_cf8
 
 
 # -- list vs rbtree vs brute force -----------------------------------------------------
-Window = Literal["xen-4.6", "xen-4.12"]
-PORT_SPACE = 128  # stays clear of 0xcf8..0xcff so no config decode happens
+Window = Literal["4.6", "4.12"]
+PORT_BASE = 0x100  # 0x100..0x17f: no Xen emulator there, and no config decode
+PORT_SPACE = 128
 MEM_SPACE = 256
 
 
@@ -718,7 +735,7 @@ server_specs = st.lists(
 
 accesses = st.builds(
     lambda kind, addr, size, count, df, write: (
-        Access("pio", addr % PORT_SPACE, min(size, 4), write)
+        Access("pio", PORT_BASE + addr % PORT_SPACE, min(size, 4), write)
         if kind == "pio"
         else Access("mmio", addr, size, write, count=count, df=df)
     ),
@@ -738,7 +755,7 @@ def model_select(servers: list[ModelServer], access: Access, window: Window) -> 
         first, last = access.addr, access.addr + access.size - 1
     else:
         rtype = RangeType.MEMORY
-        if window == "xen-4.12" and access.df:
+        if window == "4.12" and access.df:
             first = access.addr - (access.count - 1) * access.size
             last = access.addr + access.size - 1
         else:
@@ -758,7 +775,7 @@ def model_select(servers: list[ModelServer], access: Access, window: Window) -> 
     specs=server_specs,
     default_at=st.none() | st.integers(0, 4),
     limit=st.none() | st.integers(1, 4),
-    window=st.sampled_from(["xen-4.6", "xen-4.12"]),
+    window=st.sampled_from(["4.6", "4.12"]),
     probes=st.lists(accesses, min_size=1, max_size=12),
 )
 def test_list_and_rbtree_route_identically_and_match_brute_force(
@@ -768,10 +785,13 @@ def test_list_and_rbtree_route_identically_and_match_brute_force(
     window: Window,
     probes: list[Access],
 ) -> None:
-    """hvm_select_ioreq_server() (hvm.c @RELEASE-4.6.0) gives the same answer whichever
-    rangeset implementation backs it, and equals a brute-force newest-first selector."""
+    """hvm_select_ioreq_server() (hvm.c @RELEASE-4.6.0; ioreq.c @RELEASE-4.12.0) gives the
+    same answer whichever rangeset implementation backs it, and equals a brute-force
+    newest-first selector. 4.12 has no default server (2c257bd69a)."""
+    if window == "4.12":
+        default_at = None
     impls: tuple[RangesetImpl, ...] = ("list", "rbtree")
-    doms = [IoreqDomain(impl=impl, max_nr_io_ranges=limit, mmio_window=window) for impl in impls]
+    doms = [IoreqDomain(impl=impl, max_nr_io_ranges=limit, version=window) for impl in impls]
     model: list[ModelServer] = []
     entries: list[tuple[bool, bool, list[tuple[str, RangeType, int, int]]]] = [
         (False, enabled, ops) for enabled, ops in specs
@@ -818,6 +838,7 @@ def test_list_and_rbtree_route_identically_and_match_brute_force(
                 route.server,
                 route.visits,
                 route.p2m_lookups,
+                route.emulators_checked,
             )
 
 

@@ -179,7 +179,7 @@ class HypervisorCpu:
             # of two; the state can only change by a hypercall in the same ~1.5 us).
             access = trap.access
             guest = trap.vcpu.guest
-            handler, server, visits, p2m_lookups = guest.domain.route_fast(access)
+            handler, server, visits, p2m_lookups, _emulators = guest.domain.route_fast(access)
             trap.visits = visits
             select_ns = visits * visit_ns + p2m_lookups * p2m_ns
             exit_ns = exit_mmio if access.kind == "mmio" else exit_pio

@@ -33,6 +33,7 @@ from sim.model.dists import (
     read_empirical,
 )
 from sim.xen.abi import parse_pci_slot
+from sim.xen.profiles import VERSIONS, Design, resolve
 
 SCHEMA_VERSION = 1
 PRESET_DIR = Path(__file__).parent / "presets"
@@ -59,10 +60,18 @@ AddrRange = Annotated[list[Addr], Field(min_length=2, max_length=2), AfterValida
 
 # -- the model's parts ----------------------------------------------------------------------
 class XenConfig(StrictModel):
+    version: Literal["4.6", "4.9", "4.12", "master"] = Field(
+        "4.6",
+        description="[CODE] the Xen release whose routing rules apply (sim.xen.profiles: "
+        "RELEASE-4.6.0, 4.9.0, 4.12.0 or master c447b7308b). Default 4.6, or 4.9 when only "
+        "design p2m-ioreq-server is given (the first release with it, ca2b511d3f).",
+    )
     design: Literal["xen-4.6", "wp-split", "p2m-ioreq-server"] = Field(
         "xen-4.6",
-        description="How write-protected PPGTT pages are tracked; see sim.xen.ioreq. wp-split "
-        "is f5a32c5b8e (reverted, never released); p2m-ioreq-server is Xen 4.9+.",
+        description="How write-protected PPGTT pages are tracked; see sim.xen.ioreq. xen-4.6 "
+        "runs on 4.6 only (c858e932c1 removed its p2m type in 4.7); wp-split is f5a32c5b8e "
+        "on 4.6 (reverted, never released); p2m-ioreq-server is Xen 4.9+. Default: the "
+        "version's own design.",
     )
     rangeset: Literal["list", "rbtree"] = Field(
         "list",
@@ -74,9 +83,23 @@ class XenConfig(StrictModel):
         description="[CODE] MAX_NR_IO_RANGES = 256 (xen/include/asm-x86/hvm/domain.h "
         "@4.6). Intel's XenGT tree: 512 (intel/Igvtg-xen 4bc17c1aef). null: unlimited.",
     )
-    mmio_window: Literal["xen-4.6", "xen-4.12"] = Field(
-        "xen-4.6", description="[CODE] 4.6 ignores df; 4.12 is direction-aware (60a56dc006)."
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _version_and_design(cls, data: Any) -> Any:
+        """Fill whichever of version and design is missing; refuse a pair no release ran."""
+        if not isinstance(data, dict):
+            return data
+        if "mmio_window" in data:
+            raise ValueError(
+                "mmio_window was replaced by version: the MMIO window is part of the Xen "
+                'release (version: "4.12" for the direction-aware window of 60a56dc006)'
+            )
+        version, design = data.get("version"), data.get("design")
+        if version not in (None, *VERSIONS) or design not in (None, *(d.value for d in Design)):
+            return data  # the field validators name the bad value
+        prof, chosen = resolve(version, design)
+        return {**data, "version": prof.name, "design": chosen.value}
 
 
 class Costs(StrictModel):

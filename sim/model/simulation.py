@@ -43,11 +43,18 @@ class GuestRuntime:
             design=Design(x.design),
             impl=x.rangeset,
             max_nr_io_ranges=x.max_nr_io_ranges,
-            mmio_window=x.mmio_window,
+            version=x.version,
         )
-        # QEMU's default server exists first (created implicitly when QEMU reads
-        # HVM_PARAM_IOREQ_PFN); XenGT's server is newer, so Xen tries it first.
-        qemu = self.domain.create_server("qemu", default=True)
+        # QEMU's server exists first; XenGT's is newer, so Xen tries it first. Until 4.11
+        # QEMU's is the default server (created when QEMU reads HVM_PARAM_IOREQ_PFN) and
+        # gets whatever XenGT does not claim. From 4.12 there is none (2c257bd69a): QEMU
+        # registers a server of its own and maps the devices it emulates.
+        has_default = self.domain.profile.default_server
+        qemu = self.domain.create_server("qemu", default=has_default)
+        if not has_default:
+            other = config.other_devices
+            self.domain.map_io_range(qemu, RangeType.MEMORY, *other.mmio)
+            self.domain.map_io_range(qemu, RangeType.PORT, *other.ports)
         self.xengt = self.domain.create_server("xengt")
         v = config.vgpu
         for rtype, (s, e) in (

@@ -24,6 +24,9 @@ MAX_NR_IO_RANGES = 256
 
 CF8_PORT = 0xCF8
 
+#: An x86 I/O port number is 16 bits (IN/OUT take it from DX or an imm8).
+MAX_IO_PORT = 0xFFFF
+
 CFC_PORT = 0xCFC
 
 

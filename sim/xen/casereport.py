@@ -1,142 +1,26 @@
-"""Running a ``select`` case file: build the domain, route every access, report.
+"""The report ``vgpu-sim select`` prints for a case file, and running one file for the CLI.
 
-The servers of a :class:`~sim.xen.casefile.CaseFile` are created in order and their
-ranges mapped through Xen's hypercall semantics (a map Xen would refuse becomes a
-warning); every access is routed by :meth:`sim.xen.ioreq.IoreqDomain.route` in order, and
-the outcome is compared with what the case expects. The report is the table
-``vgpu-sim select`` prints.
+One table per file: a row per request (an access split into several shows ``3.0``,
+``3.1``, ...) and a row per step (``do``). Columns: the access, the handler (a server,
+``none``, ``ram``, ``xen:EMULATOR``, ``retry`` or ``crash``), the request as Xen sends it,
+``emul`` (Xen's ``io_handler[]`` entries walked), the rangeset nodes visited, the p2m
+lookups, the servers asked with their visits, and the check.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import TextIO
 
-from sim.xen.abi import PAGE_SHIFT, RangeType, format_ioreq
-from sim.xen.casefile import (
-    ERRNO_REASONS,
-    RESERVED_NAMES,
-    AccessSpec,
-    CaseFile,
-    ServerSpec,
-    load_case_file,
-)
-from sim.xen.ioreq import Access, Design, HypercallError, IoreqDomain, IoreqServer, Route
+from sim.xen.abi import format_ioreq
+from sim.xen.casefile import load_case_file
+from sim.xen.caserun import CaseRun, Outcome, StepOutcome, handler_text, rc_text, run_case
+from sim.xen.ioreq import NOT_SERVERS
+from sim.xen.profiles import Design, design_label
 
+__all__ = ["format_report", "run_case", "run_case_file"]
 
-@dataclass(frozen=True)
-class Outcome:
-    """One routed access and how it compares with what the case expected."""
-
-    index: int
-    spec: AccessSpec
-    route: Route
-    failures: tuple[str, ...]
-
-    @property
-    def expectations(self) -> int:
-        spec = self.spec
-        return sum(x is not None for x in (spec.expect, spec.expect_visits, spec.expect_ioreq))
-
-
-@dataclass(frozen=True)
-class CaseRun:
-    case: CaseFile
-    warnings: tuple[str, ...]
-    servers: tuple[IoreqServer, ...]
-    outcomes: tuple[Outcome, ...]
-
-    @property
-    def expectations(self) -> int:
-        return sum(o.expectations for o in self.outcomes)
-
-    @property
-    def failures(self) -> list[tuple[int, str]]:
-        return [(o.index, f) for o in self.outcomes for f in o.failures]
-
-
-def build_domain(case: CaseFile) -> tuple[IoreqDomain, list[str]]:
-    """Create the servers in order and map their ranges; refused maps become warnings."""
-    domain = IoreqDomain(
-        case.design, case.rangeset, case.max_nr_io_ranges, case.vendor, case.mmio_window
-    )
-    warnings: list[str] = []
-    for i, spec in enumerate(case.servers):
-        server = domain.create_server(spec.name, default=spec.default, enabled=spec.enabled)
-        for keypath, what, call in _map_calls(domain, server, spec, f"servers[{i}]"):
-            try:
-                call()
-            except HypercallError as exc:
-                reason = ERRNO_REASONS.get(exc.errno_name, "refused")
-                warnings.append(
-                    f"warning: {keypath}: {spec.name} could not {what}: "
-                    f"-{exc.errno_name}, {reason}; skipped"
-                )
-    return domain, warnings
-
-
-def _map_calls(
-    domain: IoreqDomain, server: IoreqServer, spec: ServerSpec, where: str
-) -> Iterator[tuple[str, str, Callable[[], int]]]:
-    """``(key path, description, hypercall)`` for each range, in the order mapped."""
-    for key, rtype in (("port", RangeType.PORT), ("memory", RangeType.MEMORY)):
-        for j, (s, e) in enumerate(getattr(spec, key)):
-            yield (
-                f"{where}.{key}[{j}]",
-                f"map {rtype.name} [{s:#x}, {e:#x}]",
-                partial(domain.map_io_range, server, rtype, s, e),
-            )
-    for j, slot in enumerate(spec.pci):
-        sbdf = slot.sbdf
-        yield (
-            f"{where}.pci[{j}]",
-            f"map PCI {slot} (sbdf {sbdf:#x})",
-            partial(domain.map_io_range, server, RangeType.PCI, sbdf, sbdf),
-        )
-    for j, (first, last) in enumerate(spec.wp_pages):
-        yield (
-            f"{where}.wp_pages[{j}]",
-            f"write-protect gfns {first:#x}..{last:#x} ({_wp_tracking(domain, first, last)})",
-            partial(domain.write_protect, server, first, last),
-        )
-
-
-def _wp_tracking(domain: IoreqDomain, first: int, last: int) -> str:
-    """Where the design keeps write-protected pages, for the warning text."""
-    if domain.design is Design.XEN_46:
-        return f"MEMORY [{first << PAGE_SHIFT:#x}, {((last + 1) << PAGE_SHIFT) - 1:#x}]"
-    if domain.design is Design.WP_SPLIT:
-        return "WP_MEM, by gfn"
-    return "as p2m type p2m_ioreq_server"
-
-
-def _failures(spec: AccessSpec, route: Route) -> tuple[str, ...]:
-    failures = []
-    if spec.expect is not None and route.handler != spec.expect:
-        failures.append(f"expected handler {spec.expect}, got {route.handler}")
-    if spec.expect_visits is not None and route.visits != spec.expect_visits:
-        failures.append(f"expected {spec.expect_visits} visits, got {route.visits}")
-    wanted = spec.expect_ioreq
-    if wanted is not None and (wanted.ioreq_type, wanted.addr) != (route.ioreq_type, route.addr):
-        got = format_ioreq(route.ioreq_type, route.addr)
-        failures.append(f"expected ioreq {wanted}, got {got}")
-    return tuple(failures)
-
-
-def run_case(case: CaseFile) -> CaseRun:
-    """Build the domain and route every access in order (CF8 latching is stateful)."""
-    domain, warnings = build_domain(case)
-    outcomes = []
-    for i, spec in enumerate(case.accesses):
-        access = Access(
-            spec.type, spec.addr, spec.size, spec.is_write, spec.count, spec.df, spec.data
-        )
-        route = domain.route(access)
-        outcomes.append(Outcome(i, spec, route, _failures(spec, route)))
-    return CaseRun(case, tuple(warnings), tuple(domain.servers), tuple(outcomes))
+NUMERIC = {"#", "emul", "visits", "p2m"}
 
 
 def _ok_mark(out: TextIO) -> str:
@@ -148,91 +32,134 @@ def _ok_mark(out: TextIO) -> str:
     return "✓"
 
 
+def _access_rows(o: Outcome, ok_mark: str) -> list[dict[str, str]]:
+    spec = o.spec
+    rows = []
+    many = len(o.requests) > 1
+    for j, r in enumerate(o.requests):
+        route = r.route
+        sent = route.handler not in NOT_SERVERS  # only a server gets an ioreq
+        ioreq = format_ioreq(route.ioreq_type, route.addr) if sent else "-"
+        checked = r.checks is not None and r.checks.count_checks
+        note = (r.checks.note if r.checks is not None else None) or (spec.note if j == 0 else "")
+        rows.append(
+            {
+                "#": f"{o.index}.{j}" if many else str(o.index),
+                "type": spec.type if j == 0 else "",
+                "dir": (spec.dir + (" df" if spec.df else "") + (" rmw" if spec.rmw else ""))
+                if j == 0
+                else "",
+                "addr": f"{r.request.addr:#x}",
+                "size": f"{r.request.size}x{r.request.count}",
+                "data": ""
+                if spec.data is None or j
+                else f"{spec.data:#x}" + (" latched" if route.cf8_latched else ""),
+                "handler": handler_text(route),
+                "ioreq": ioreq + (" buffered" if route.buffered else ""),
+                "emul": str(route.emulators_checked),
+                "visits": str(route.visits),
+                "p2m": str(route.p2m_lookups),
+                "tried": " ".join(f"{name}:{v}" for name, v in route.tried) or "-",
+                "check": ("MISMATCH" if r.failures else ok_mark) if checked else "",
+                "note": note or "",
+            }
+        )
+    return rows
+
+
+def _step_row(o: StepOutcome, ok_mark: str) -> dict[str, str]:
+    return {
+        "#": str(o.index),
+        "type": "do",
+        "dir": o.spec.do,
+        "addr": "-",
+        "size": "-",
+        "data": "",
+        "handler": f"rc {rc_text(o.rc)}",
+        "ioreq": "-",
+        "emul": "-",
+        "visits": str(o.visits) if o.visits else "-",
+        "p2m": "-",
+        "tried": o.target,
+        "check": ("MISMATCH" if o.failures else ok_mark) if o.expectations else "",
+        "note": o.spec.note or "",
+    }
+
+
 def _table(run: CaseRun, ok_mark: str) -> list[str]:
-    case = run.case
-    show_data = any(o.spec.data is not None for o in run.outcomes)
-    show_p2m = case.design != "xen-4.6"
-    show_check = run.expectations > 0
-    header = ["#", "type", "dir", "addr", "size", "handler", "ioreq", "visits", "tried"]
-    if show_data:
+    rows: list[dict[str, str]] = []
+    for item in run.items:
+        if isinstance(item, StepOutcome):
+            rows.append(_step_row(item, ok_mark))
+        else:
+            rows.extend(_access_rows(item, ok_mark))
+    header = ["#", "type", "dir", "addr", "size", "handler", "ioreq", "emul", "visits", "tried"]
+    if any(o.spec.data is not None for o in run.outcomes):
         header.insert(5, "data")
+    show_p2m = run.design is not Design.XEN_46 or run.profile.p2m_ioreq_server
     if show_p2m:
         header.insert(header.index("tried"), "p2m")
-    if show_check:
+    if run.expectations:
         header.append("check")
     header.append("note")
-    rows = []
-    for o in run.outcomes:
-        spec, route = o.spec, o.route
-        sent = route.handler not in RESERVED_NAMES  # the null handler and RAM send nothing
-        cell = {
-            "#": str(o.index),
-            "type": spec.type,
-            "dir": spec.dir + (" df" if spec.df else ""),
-            "addr": f"{spec.addr:#x}",
-            "size": f"{spec.size}x{spec.count}",
-            "data": ""
-            if spec.data is None
-            else f"{spec.data:#x}" + (" latched" if route.cf8_latched else ""),
-            "handler": route.handler,
-            "ioreq": format_ioreq(route.ioreq_type, route.addr) if sent else "-",
-            "visits": str(route.visits),
-            "p2m": str(route.p2m_lookups),
-            "tried": " ".join(f"{name}:{v}" for name, v in route.tried) or "-",
-            "check": ("MISMATCH" if o.failures else ok_mark) if o.expectations else "",
-            "note": spec.note or "",
-        }
-        rows.append([cell[column] for column in header])
-    widths = [max(len(row[c]) for row in [header, *rows]) for c in range(len(header))]
-    numeric = {"#", "visits", "p2m"}
+    cells = [[row[column] for column in header] for row in rows]
+    widths = [max(len(r[c]) for r in [header, *cells]) for c in range(len(header))]
 
     def line(row: list[str]) -> str:
-        cells = [
-            text.rjust(width) if column in numeric else text.ljust(width)
+        out = [
+            text.rjust(width) if column in NUMERIC else text.ljust(width)
             for column, text, width in zip(header, row, widths, strict=True)
         ]
-        return "  ".join(cells).rstrip()
+        return "  ".join(out).rstrip()
 
-    return [line(header), *(line(row) for row in rows)]
+    return [line(header), *(line(row) for row in cells)]
 
 
-def _rangeset_lines(run: CaseRun) -> list[str]:
-    lines = []
-    for server in run.servers:
-        if server.is_default:
-            lines.append(f"  {server.name}: default server (no ranges)")
-            continue
-        state = "" if server.enabled else " (disabled)"
-        sets = [r.format() for r in server.rangesets.values() if len(r)]
-        lines.append(f"  {server.name}{state}: " + ("; ".join(sets) if sets else "no ranges"))
-    return lines
+def _describe_item(run: CaseRun, index: int) -> str:
+    item = run.case.accesses[index]
+    if hasattr(item, "do"):
+        return f"do {item.do}" + (f" {item.server}" if item.server else "")
+    return f"{item.type} {item.dir} {item.addr:#x}"
+
+
+def summary_line(path: str | Path, run: CaseRun) -> str:
+    steps = sum(isinstance(o, StepOutcome) for o in run.items)
+    counts = f"{len(run.outcomes)} accesses" + (f", {steps} steps" if steps else "")
+    return (
+        f"{path}: xen {run.profile.name}: {counts}, {run.expectations} expectations, "
+        f"{len(run.failures)} failed"
+    )
 
 
 def format_report(path: str | Path, run: CaseRun, verbose: bool, ok_mark: str = "ok") -> str:
     """The text ``vgpu-sim select`` prints for one case file."""
-    case = run.case
+    case, prof = run.case, run.profile
     lines = []
     if verbose:
         limit = "unlimited" if case.max_nr_io_ranges is None else case.max_nr_io_ranges
+        vendor = case.vendor + (f" family {case.amd_family:#x}" if case.vendor == "amd" else "")
         lines.append(
-            f"{path}: design {case.design}, rangeset {case.rangeset}, vendor {case.vendor}, "
-            f"max_nr_io_ranges {limit}, mmio_window {case.mmio_window}"
+            f"{path}: {design_label(prof, run.design)}, rangeset {case.rangeset}, "
+            f"vendor {vendor}, max_nr_io_ranges {limit}"
+        )
+        internal = run.domain.internal
+        lines.append(
+            f"  Xen's own emulators: {internal.count} io_handler[] entries, asked first "
+            f"(acpi {'on' if case.acpi else 'off'}, stdvga cache "
+            f"{'on' if case.stdvga_cache else 'off'})"
         )
         if case.description:
             lines.extend(f"  {text}" for text in case.description.strip().splitlines())
         lines.extend(run.warnings)
-        lines.append("servers in creation order (Xen asks the newest first):")
-        lines.extend(_rangeset_lines(run) or ["  (none: every access goes to the null handler)"])
+        order = "newest first" if prof.server_ids == "counter" else "from slot 7 down"
+        lines.append(f"servers after setup, in the order Xen asks them ({order}):")
+        lines.extend(run.setup or ["  (none: every request Xen does not emulate is dropped)"])
         lines.extend(_table(run, ok_mark))
     for index, failure in run.failures:
-        spec = run.case.accesses[index]
         lines.append(
-            f"MISMATCH {path}: accesses[{index}] ({spec.type} {spec.dir} {spec.addr:#x}): {failure}"
+            f"MISMATCH {path}: accesses[{index}] ({_describe_item(run, index)}): {failure}"
         )
-    lines.append(
-        f"{path}: {len(run.outcomes)} accesses, {run.expectations} expectations, "
-        f"{len(run.failures)} failed"
-    )
+    lines.append(summary_line(path, run))
     return "\n".join(lines) + "\n"
 
 
@@ -242,6 +169,6 @@ def run_case_file(path: Path, out: TextIO, verbose: bool) -> int:
     Raises :class:`InputError` for a bad file, before anything is written to ``out``.
     """
     case = load_case_file(path)
-    run = run_case(case)
+    run = run_case(case, path)
     out.write(format_report(path, run, verbose, _ok_mark(out)))
     return 1 if run.failures else 0
