@@ -237,13 +237,13 @@ class InternalHandlers:
         self.profile = prof
         self.table = emulators(prof, acpi)
         self.count = len(self.table)
-        self._ports = frozenset(
+        self.ports = frozenset(
             port
             for e in self.table
             if e.kind == "pio" and e.behaviour != "passthrough"
             for port in range(e.first, e.last + 1)
         )
-        self._pages = frozenset(
+        self.pages = frozenset(
             page
             for e in self.table
             if e.kind == "mmio" and e.behaviour != "passthrough"
@@ -254,8 +254,8 @@ class InternalHandlers:
     def might_accept(self, kind: str, first_byte: int) -> bool:
         """False when no handler can accept a request starting at ``first_byte``."""
         if kind == "pio":
-            return first_byte in self._ports
-        return (first_byte >> PAGE_SHIFT) in self._pages
+            return first_byte in self.ports
+        return (first_byte >> PAGE_SHIFT) in self.pages
 
     def scan(self, probe: Probe, vga_accept: VgaAccept) -> tuple[Emulator | None, int, bool]:
         """``(accepting handler or None, entries walked, domain crashed)``.

@@ -72,20 +72,36 @@ class Routing:
     def route_fast(
         self: IoreqDomain, access: Access
     ) -> tuple[str, IoreqServer | None, int, int, int]:
-        """:meth:`route` for the model's hot path.
+        """:meth:`route` for the model's hot path, without the explanation.
 
         Returns ``(handler, server, visits, p2m_lookups, emulators_checked)``. One request,
-        as the model's accesses are aligned single accesses (no splitting here).
+        as the model's accesses are aligned single accesses (no splitting here). A request
+        no emulator can take (nearly all of them) skips the walk: its count is known.
         """
-        route = Route("none", None, IoreqType.PIO, access.addr, (), 0)
-        self._route(access, None, route)
-        return (
-            route.handler,
-            route.server,
-            route.visits,
-            route.p2m_lookups,
-            route.emulators_checked,
-        )
+        internal = self.internal
+        if access.kind == "pio":
+            hot = access.addr in internal.ports
+        else:
+            first = access.addr - (access.count - 1) * access.size if access.df else access.addr
+            hot = first >> PAGE_SHIFT in internal.pages
+        if hot:
+            route = Route("none", None, IoreqType.PIO, access.addr, (), 0)
+            self._route(access, None, route)
+            return (
+                route.handler,
+                route.server,
+                route.visits,
+                route.p2m_lookups,
+                route.emulators_checked,
+            )
+        if access.kind == "mmio" and self.profile.p2m_ioreq_server:
+            claimed = self._p2m_route(access)
+            if claimed is not None:
+                return claimed[0], claimed[1], 0, 1, internal.count
+            handler, server, _, _, visits, p2m = self._select(access, None)
+            return handler, server, visits, p2m + 1, internal.count
+        handler, server, _, _, visits, p2m = self._select(access, None)
+        return handler, server, visits, p2m, internal.count
 
     def _route(
         self: IoreqDomain, access: Access, tried: list[tuple[str, int]] | None, route: Route
@@ -103,19 +119,30 @@ class Routing:
         else:
             route.emulators_checked = internal.count
         if access.kind == "mmio" and self.profile.p2m_ioreq_server:
-            # emulate.c @RELEASE-4.9.0 lines 238-265: a p2m type query for every MMIO
-            # request that reached this point, before any rangeset lookup.
             route.p2m_lookups += 1
-            if access.addr >> PAGE_SHIFT in self.p2m:
-                claimer = self.p2m_claimer
-                if claimer is None:
-                    route.handler = "retry"  # a race with an unmap: X86EMUL_RETRY
-                elif not access.is_write:
-                    route.handler = "ram"  # the read half of a read-modify-write
-                else:
-                    route.handler, route.server = claimer.name, claimer
+            claimed = self._p2m_route(access)
+            if claimed is not None:
+                route.handler, route.server = claimed
                 return
-        self._select(access, tried, route)
+        self._select_into(access, tried, route)
+
+    def _p2m_route(self: IoreqDomain, access: Access) -> tuple[str, IoreqServer | None] | None:
+        """From 4.9 (emulate.c @RELEASE-4.9.0 lines 236-266): an MMIO request to a
+        ``p2m_ioreq_server`` page goes to the claimer, with no rangeset lookup; its read
+        half of a read-modify-write is emulated from RAM; with no claimer it is retried.
+        None for any other request (one p2m type query was made for every MMIO one)."""
+        if (
+            access.kind != "mmio"
+            or not self.profile.p2m_ioreq_server
+            or access.addr >> PAGE_SHIFT not in self.p2m
+        ):
+            return None
+        claimer = self.p2m_claimer
+        if claimer is None:
+            return "retry", None  # a race with an unmap: X86EMUL_RETRY
+        if not access.is_write:
+            return "ram", None
+        return claimer.name, claimer
 
     @staticmethod
     def _first_byte(access: Access) -> int:
@@ -149,7 +176,7 @@ class Routing:
         # VGA memory, a single write: stdvga_mem_write() selects a server and sends the
         # write buffered (stdvga.c @RELEASE-4.6.0 lines 482-487). Without a buffered ring
         # that fails and hvmemul_do_io() selects again for a synchronous send.
-        self._select(access, tried, route)
+        self._select_into(access, tried, route)
         if route.server is not None and route.server.bufioreq:
             route.buffered = True
             return True
@@ -176,16 +203,69 @@ class Routing:
             self.pci_cf8 = access.data & 0xFFFFFFFF
             route.cf8_latched = True
 
-    def _select(
+    def _select_into(
         self: IoreqDomain, access: Access, tried: list[tuple[str, int]] | None, route: Route
     ) -> None:
-        """``hvm_select_ioreq_server()``: the release's order, first match wins."""
+        """:meth:`_select`, adding its outcome and cost to ``route``."""
+        handler, server, ioreq_type, addr, visits, p2m = self._select(access, tried)
+        route.handler, route.server = handler, server
+        route.ioreq_type, route.addr = ioreq_type, addr
+        route.visits += visits
+        route.p2m_lookups += p2m
+
+    def _select(
+        self: IoreqDomain, access: Access, tried: list[tuple[str, int]] | None
+    ) -> tuple[str, IoreqServer | None, IoreqType, int, int, int]:
+        """``hvm_select_ioreq_server()``: the release's order, first match wins.
+
+        Returns ``(handler, server, ioreq type, address, nodes visited, p2m lookups)``
+        and appends ``(server, visits)`` to ``tried`` if given.
+        """
+        addr = access.addr
+        p2m = 0
         if not self.servers:
-            route.handler, route.server = "none", None
-            return
-        prof = self.profile
-        rtype, lookup_s, lookup_e, rewritten = self._lookup_window(access, route)
-        total = route.visits
+            ioreq_type = IoreqType.PIO if access.kind == "pio" else IoreqType.COPY
+            return "none", None, ioreq_type, addr, 0, 0
+        if access.kind == "pio":
+            ioreq_type = IoreqType.PIO
+            cf8 = self.pci_cf8
+            if (addr & ~3) == CFC_PORT and cf8 & 0x80000000:
+                # Config-space decode; sbdf << 32 | register, segment 0.
+                bdf = (cf8 & 0x00FFFF00) >> 8  # CF8_BDF: bus[15:8] dev[7:3] fn[2:0]
+                reg = (cf8 & 0xFC) | (addr & 3)  # CF8_ADDR_LO | port offset
+                ext = (cf8 & 0x0F000000) >> 16  # CF8_ADDR_HI: bits 27:24 -> 11:8
+                if ext and self.amd_ext:
+                    reg |= ext
+                rtype, lookup_s, lookup_e = RangeType.PCI, bdf, bdf
+                rewritten = (bdf << 32) | reg
+            else:
+                rtype, lookup_s, lookup_e, rewritten = (
+                    RangeType.PORT,
+                    addr,
+                    addr + access.size - 1,
+                    addr,
+                )
+        else:
+            ioreq_type = IoreqType.COPY
+            rtype, rewritten = RangeType.MEMORY, addr
+            if access.df and self.profile.mmio_window_df_aware:
+                # hvm_mmio_first_byte/last_byte (60a56dc006, RELEASE-4.12.0).
+                lookup_s = addr - (access.count - 1) * access.size
+                lookup_e = addr + access.size - 1
+            else:
+                # 4.6 and 4.9 ignore df: [addr, addr + size*count - 1].
+                lookup_s = addr
+                lookup_e = addr + access.size * access.count - 1
+            if self.design is Design.WP_SPLIT:
+                # f5a32c5b8e: get_page_from_gfn(PFN_DOWN(addr)); a p2m_mmio_write_dm page
+                # is looked up as a gfn singleton in WP_MEM instead of MEMORY.
+                p2m = 1
+                if addr >> PAGE_SHIFT in self.p2m:
+                    rtype = RangeType.WP_MEM
+                    lookup_s = lookup_e = addr >> PAGE_SHIFT
+            if lookup_s < 0 or lookup_e > U64_MAX:
+                raise ValueError(f"access window [{lookup_s:#x}, {lookup_e:#x}] leaves 0..2^64-1")
+        total = 0
         for server in self._search_order:
             if not server.enabled:
                 continue
@@ -194,48 +274,12 @@ class Routing:
                 tried.append((server.name, visits))
             total += visits
             if hit:
-                route.visits = total
-                route.handler, route.server = server.name, server
                 if rtype is RangeType.PCI:
                     # The request is rewritten in place into a config-space access.
-                    route.ioreq_type, route.addr = IoreqType.PCI_CONFIG, rewritten
-                return
-        route.visits = total
+                    return server.name, server, IoreqType.PCI_CONFIG, rewritten, total, p2m
+                return server.name, server, ioreq_type, addr, total, p2m
         # The default server (until 4.11) gets the request unrewritten, else the null handler.
-        default = self.default_server if prof.default_server else None
-        route.handler = default.name if default is not None else "none"
-        route.server = default
-
-    def _lookup_window(
-        self: IoreqDomain, access: Access, route: Route
-    ) -> tuple[RangeType, int, int, int]:
-        """The rangeset type and ``[s, e]`` the selector checks, and the PCI address."""
-        if access.kind == "pio":
-            cf8 = self.pci_cf8
-            if (access.addr & ~3) == CFC_PORT and cf8 & 0x80000000:
-                # Config-space decode; sbdf << 32 | register, segment 0.
-                bdf = (cf8 & 0x00FFFF00) >> 8  # CF8_BDF: bus[15:8] dev[7:3] fn[2:0]
-                reg = (cf8 & 0xFC) | (access.addr & 3)  # CF8_ADDR_LO | port offset
-                ext = (cf8 & 0x0F000000) >> 16  # CF8_ADDR_HI: bits 27:24 -> 11:8
-                if ext and self.amd_ext:
-                    reg |= ext
-                return RangeType.PCI, bdf, bdf, (bdf << 32) | reg
-            return RangeType.PORT, access.addr, access.addr + access.size - 1, access.addr
-        if self.profile.mmio_window_df_aware and access.df:
-            # hvm_mmio_first_byte/last_byte (60a56dc006, RELEASE-4.12.0).
-            lookup_s = access.addr - (access.count - 1) * access.size
-            lookup_e = access.addr + access.size - 1
-        else:
-            # 4.6 and 4.9 ignore df: [addr, addr + size*count - 1].
-            lookup_s = access.addr
-            lookup_e = access.addr + access.size * access.count - 1
-        if self.design is Design.WP_SPLIT:
-            # f5a32c5b8e: get_page_from_gfn(PFN_DOWN(addr)); a p2m_mmio_write_dm page is
-            # looked up as a gfn singleton in WP_MEM instead of MEMORY.
-            route.p2m_lookups += 1
-            if access.addr >> PAGE_SHIFT in self.p2m:
-                gfn = access.addr >> PAGE_SHIFT
-                return RangeType.WP_MEM, gfn, gfn, access.addr
-        if lookup_s < 0 or lookup_e > U64_MAX:
-            raise ValueError(f"access window [{lookup_s:#x}, {lookup_e:#x}] leaves 0..2^64-1")
-        return RangeType.MEMORY, lookup_s, lookup_e, access.addr
+        default = self.default_server
+        if default is None:
+            return "none", None, ioreq_type, addr, total, p2m
+        return default.name, default, ioreq_type, addr, total, p2m
