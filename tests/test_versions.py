@@ -128,6 +128,8 @@ def test_scenario_version_defaults_and_follows_the_design() -> None:
     assert (s.xen.version, s.xen.design) == ("4.9", "p2m-ioreq-server")
     s = scenario_from_data(_scenario({"version": "master"}), "s.yaml")
     assert s.xen.design == "p2m-ioreq-server"
+    s = load_scenario("scenarios/hsw-p2m-ioreq-server.yaml", [("xen.version", 4.12)])
+    assert s.xen.version == "4.12"  # --set xen.version=4.12 reads a number
     assert load_scenario("scenarios/bdw-p2m-ioreq-server.yaml").xen.version == "4.9"
 
 

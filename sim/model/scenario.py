@@ -96,6 +96,8 @@ class XenConfig(StrictModel):
                 'release (version: "4.12" for the direction-aware window of 60a56dc006)'
             )
         version, design = data.get("version"), data.get("design")
+        if isinstance(version, float) and str(version) in VERSIONS:
+            version = str(version)  # YAML (and --set) read an unquoted 4.12 as a number
         if version not in (None, *VERSIONS) or design not in (None, *(d.value for d in Design)):
             return data  # the field validators name the bad value
         prof, chosen = resolve(version, design)

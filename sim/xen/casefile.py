@@ -162,7 +162,7 @@ def load_case_file(path: str | Path) -> CaseFile:
             "master has no stdvga VRAM cache (53b7246bdf, 4.20): VRAM reads always go to a server",
         )
     _check_servers(case, prof, path)
-    raw_items = []
+    raw_items: list[AccessSpec | StepSpec] = []
     for i, raw in enumerate(case.accesses):
         if not isinstance(raw, dict):
             raise InputError(path, f"accesses[{i}]", "an access or a step is a mapping of keys")
@@ -174,15 +174,13 @@ def load_case_file(path: str | Path) -> CaseFile:
         if isinstance(item, StepSpec) and item.do == "create" and item.server is not None:
             _check_name(item.server, path, f"accesses[{i}].server")
             names.add(item.server)
-    items: list[AccessSpec | StepSpec] = []
     for i, item in enumerate(raw_items):
         if isinstance(item, StepSpec):
             check_step(item, prof, design, names, path, f"accesses[{i}]")
         else:
             check_access(item, prof, names, path, f"accesses[{i}]")
-        items.append(item)
     # The raw mappings are replaced by their validated specs (a frozen model's copy).
-    return case.model_copy(update={"accesses": items})
+    return case.model_copy(update={"accesses": raw_items})
 
 
 def _check_name(name: str, path: str | Path, keypath: str) -> None:

@@ -178,25 +178,50 @@ _P46 = "@RELEASE-4.6.0"
 _P49 = "@RELEASE-4.9.0"
 _P412 = "@RELEASE-4.12.0"
 
+#: What 4.6 and 4.9 share: the server list with its ioreq pages, and reps kept whole.
+_LIST_ERA: dict[str, object] = {
+    "max_reps": 4096,
+    "rep_mmio_page_cut": False,
+    "max_mmio_access": 32,
+    "default_server": True,
+    "server_ids": "counter",
+    "server_order": "newest-first list",
+    "server_limit": 8,
+    "server_limit_errno": "ENOMEM",
+    "bufioreq_takes_page": True,
+    "created_disabled": True,
+    "mmio_window_df_aware": False,
+    "map_start_above_end_einval": False,
+}
+#: What 4.12 and master share: slots, no default server, reps cut at pages, the
+#: direction-aware window, the p2m_ioreq_server claim.
+_SLOT_ERA: dict[str, object] = {
+    "max_reps": 4096,
+    "rep_mmio_page_cut": True,
+    "max_mmio_access": 64,
+    "mmio_accept_crash": "last!=first",
+    "default_server": False,
+    "server_ids": "slot",
+    "server_order": "slots from the top",
+    "server_limit": 8,
+    "server_limit_errno": "ENOSPC",
+    "bufioreq_takes_page": False,
+    "created_disabled": True,
+    "mmio_window_df_aware": True,
+    "map_start_above_end_einval": True,
+    "p2m_ioreq_server": True,
+    "set_mem_type_stale_rc": False,
+    "designs": MappingProxyType({Design.P2M_IOREQ_SERVER: ""}),
+}
+
 PROFILES: Mapping[XenVersion, VersionProfile] = MappingProxyType(
     {
         "4.6": VersionProfile(
             name="4.6",
             ref="RELEASE-4.6.0",
-            max_reps=4096,
-            rep_mmio_page_cut=False,
-            max_mmio_access=32,
+            **_LIST_ERA,  # type: ignore[arg-type]
             mmio_accept_crash="size>1",
-            default_server=True,
-            server_ids="counter",
-            server_order="newest-first list",
-            server_limit=8,
-            server_limit_errno="ENOMEM",
-            bufioreq_takes_page=True,
-            created_disabled=True,
-            mmio_window_df_aware=False,
             amd_ext_families=(0x10, 0x17),
-            map_start_above_end_einval=False,
             p2m_ioreq_server=False,
             set_mem_type_stale_rc=True,
             designs=MappingProxyType(
@@ -233,20 +258,9 @@ PROFILES: Mapping[XenVersion, VersionProfile] = MappingProxyType(
         "4.9": VersionProfile(
             name="4.9",
             ref="RELEASE-4.9.0",
-            max_reps=4096,
-            rep_mmio_page_cut=False,
-            max_mmio_access=32,
+            **_LIST_ERA,  # type: ignore[arg-type]
             mmio_accept_crash="last!=first",
-            default_server=True,
-            server_ids="counter",
-            server_order="newest-first list",
-            server_limit=8,
-            server_limit_errno="ENOMEM",
-            bufioreq_takes_page=True,
-            created_disabled=True,
-            mmio_window_df_aware=False,
             amd_ext_families=(0x11, 0x17),
-            map_start_above_end_einval=False,
             p2m_ioreq_server=True,
             set_mem_type_stale_rc=False,
             designs=MappingProxyType({Design.P2M_IOREQ_SERVER: ""}),
@@ -279,23 +293,8 @@ PROFILES: Mapping[XenVersion, VersionProfile] = MappingProxyType(
         "4.12": VersionProfile(
             name="4.12",
             ref="RELEASE-4.12.0",
-            max_reps=4096,
-            rep_mmio_page_cut=True,
-            max_mmio_access=64,
-            mmio_accept_crash="last!=first",
-            default_server=False,
-            server_ids="slot",
-            server_order="slots from the top",
-            server_limit=8,
-            server_limit_errno="ENOSPC",
-            bufioreq_takes_page=False,
-            created_disabled=True,
-            mmio_window_df_aware=True,
+            **_SLOT_ERA,  # type: ignore[arg-type]
             amd_ext_families=(0x11, 0x17),
-            map_start_above_end_einval=True,
-            p2m_ioreq_server=True,
-            set_mem_type_stale_rc=False,
-            designs=MappingProxyType({Design.P2M_IOREQ_SERVER: ""}),
             sources=MappingProxyType(
                 {
                     "max_reps": _REPS,
@@ -329,23 +328,8 @@ PROFILES: Mapping[XenVersion, VersionProfile] = MappingProxyType(
         "master": VersionProfile(
             name="master",
             ref="c447b7308b",
-            max_reps=4096,
-            rep_mmio_page_cut=True,
-            max_mmio_access=64,
-            mmio_accept_crash="last!=first",
-            default_server=False,
-            server_ids="slot",
-            server_order="slots from the top",
-            server_limit=8,
-            server_limit_errno="ENOSPC",
-            bufioreq_takes_page=False,
-            created_disabled=True,
-            mmio_window_df_aware=True,
+            **_SLOT_ERA,  # type: ignore[arg-type]
             amd_ext_families=(0x10, 0x16),
-            map_start_above_end_einval=True,
-            p2m_ioreq_server=True,
-            set_mem_type_stale_rc=False,
-            designs=MappingProxyType({Design.P2M_IOREQ_SERVER: ""}),
             sources=MappingProxyType(
                 {
                     "max_reps": _REPS,
