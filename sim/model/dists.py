@@ -51,6 +51,14 @@ class LognormalDist(StrictModel):
     sigma: NonNeg
 
 
+class GammaDist(StrictModel):
+    """Parameterised by its mean (ns) and its shape k (k = 1 is the exponential)."""
+
+    dist: Literal["gamma"]
+    mean_ns: Positive
+    shape: Annotated[float, Field(gt=0, le=1e6)]
+
+
 class EmpiricalDist(StrictModel):
     """Resampled with replacement from a CSV column of ns values (path relative to the
     scenario file). ``column`` names a header column; without it the first column."""
@@ -60,7 +68,7 @@ class EmpiricalDist(StrictModel):
     column: str | None = None
 
 
-AnyDist = ConstantDist | ExponentialDist | UniformDist | LognormalDist | EmpiricalDist
+AnyDist = ConstantDist | ExponentialDist | UniformDist | LognormalDist | GammaDist | EmpiricalDist
 Dist = Annotated[AnyDist, Field(discriminator="dist")]
 
 

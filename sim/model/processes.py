@@ -209,13 +209,13 @@ class Vcpu:
         self.index = index
         self.name = f"{guest.name}/vcpu{index}"
         self.pcpu = pcpu
-        self.think = sim.sampler(guest.config.think, f"{self.name}/think")
+        self.think, self.workload = guest.vcpu_source(index, self.name)
         sim.env.process(self.run())
 
     def run(self) -> Process:
         env = self.sim.env
         think = self.think
-        workload = self.guest.workload
+        workload = self.workload
         domain = self.guest.domain
         recorder = self.sim.recorder
         counters = recorder.counters

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from sim.model.recorder import RunResult, Trap
+from sim.model.replay import ReplayOpener
 from sim.model.scenario import Scenario
 from sim.model.simulation import Simulation
 from sim.model.summary import manifest, summarize, summary_csv, totals
@@ -95,6 +96,7 @@ def run_to_directory(
     progress: Callable[[float, float], None] | None = None,
     argv: list[str] | None = None,
     outputs: Sequence[TrapOutput] = (),
+    replay_opener: ReplayOpener | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Run and write ``manifest.json``, ``summary.csv`` (and ``trace.csv``, and whatever
     ``outputs`` write) atomically."""
@@ -108,7 +110,13 @@ def run_to_directory(
                 )
                 sinks.append(_trace_writer(trace_fh))
             sinks.extend(stack.enter_context(output(tmp)) for output in outputs)
-            sim = Simulation(scenario, seed, base_dir=base_dir, trace=_fan_out(sinks))
+            sim = Simulation(
+                scenario,
+                seed,
+                base_dir=base_dir,
+                trace=_fan_out(sinks),
+                replay_opener=replay_opener,
+            )
             result = sim.run(progress=progress)
         rows = summarize(result)
         man = manifest(

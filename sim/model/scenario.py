@@ -19,9 +19,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 from sim.inputs import InputError, StrictModel, load_yaml, set_keypath, validate
+from sim.model.devices import Device, Replay, check_devices, conflicting_guest_keys
 from sim.model.dists import (
     AnyDist,
     Dist,
@@ -312,6 +319,45 @@ class Guest(StrictModel):
         default_factory=lambda: DeviceModel(service=_qemu_service()),
         description="QEMU, the default ioreq server.",
     )
+    # Optional keys (sim.model.devices, sim.model.replay): left out of the effective
+    # configuration when not given, so existing scenarios keep their hash.
+    vcpu_think: Annotated[list[Dist], Field(min_length=1)] | None = Field(
+        None,
+        description="One think-time distribution per vCPU, in vCPU order, instead of "
+        "'think' (vgpu-sim trace fit writes it when a capture's vCPUs trap at different "
+        "rates).",
+    )
+    devices: list[Device] | None = Field(
+        None,
+        description="The devices the guest traps on, instead of mix, other_devices and "
+        "the vGPU's BAR0 and VGA ports (sim.model.devices).",
+    )
+    replay: Replay | None = Field(
+        None,
+        description="Drive the vCPUs with a capture's accesses instead of think and mix "
+        "(sim.model.replay).",
+    )
+
+    @model_validator(mode="after")
+    def _sources(self) -> Guest:
+        if self.vcpu_think is not None and len(self.vcpu_think) != self.vcpus:
+            raise ValueError(
+                f"vcpu_think has {len(self.vcpu_think)} entries for {self.vcpus} vCPUs"
+            )
+        if self.devices is not None:
+            check_devices(self.devices)
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_options(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for key in OPTIONAL_GUEST_KEYS:
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
+
+
+OPTIONAL_GUEST_KEYS = ("vcpu_think", "devices", "replay")
 
 
 class Scenario(StrictModel):
@@ -393,11 +439,21 @@ def scenario_from_data(
         raise InputError(file, "(top level)", "a scenario must be a mapping of keys")
     for key, value in overrides or []:
         set_keypath(data, key, value, f"{file} (--set)")
+    guests = data.get("guests")
+    for gi, g in enumerate(guests if isinstance(guests, list) else []):
+        problem = conflicting_guest_keys(g) if isinstance(g, dict) else None
+        if problem is not None:
+            raise InputError(file, f"guests[{gi}].{problem[0]}", problem[1])
     scenario = validate(Scenario, expand(data, file), file)
     base = Path(file).parent
     for keypath, dist in iter_dists(scenario):
         if isinstance(dist, EmpiricalDist):
             read_empirical(base, dist, file, keypath)
+    for gi, g in enumerate(scenario.guests):
+        if g.replay is not None and not (base / g.replay.capture).is_file():
+            raise InputError(
+                file, f"guests[{gi}].replay.capture", f"{g.replay.capture}: no such file"
+            )
     return scenario
 
 
@@ -411,6 +467,8 @@ def iter_dists(scenario: Scenario) -> list[tuple[str, Any]]:
     out: list[tuple[str, Any]] = []
     for gi, g in enumerate(scenario.guests):
         out.append((f"guests[{gi}].think", g.think))
+        for vi, d in enumerate(g.vcpu_think or []):
+            out.append((f"guests[{gi}].vcpu_think[{vi}]", d))
         for dm_key, dm in (("vgpu.device_model", g.vgpu.device_model), ("qemu", g.qemu)):
             out.append((f"guests[{gi}].{dm_key}.wakeup", dm.wakeup))
             for kind in ("default", *ACCESS_KINDS):

@@ -10,10 +10,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import simpy
 
+from sim.inputs import InputError
+from sim.model.devices import DeviceAccessGenerator
 from sim.model.dists import EmpiricalDist, read_empirical
 from sim.model.processes import (
     NS_PER_MS,
@@ -24,11 +26,18 @@ from sim.model.processes import (
     Vcpu,
 )
 from sim.model.recorder import RangeCountMeter, Recorder, RunResult, Trap
+from sim.model.replay import CaptureAccesses, ReplayOpener, ReplayVcpu
 from sim.model.scenario import Guest, Scenario
 from sim.model.streams import make_sampler, stream
 from sim.model.workload import AccessGenerator, LivePages
 from sim.xen.abi import RangeType, parse_pci_slot
-from sim.xen.ioreq import Design, IoreqDomain
+from sim.xen.ioreq import Access, Design, HypercallError, IoreqDomain
+
+
+class Workload(Protocol):
+    """Where a vCPU's next trapping access comes from (``Vcpu.run``)."""
+
+    def next(self) -> tuple[str, Access | None]: ...
 
 
 class GuestRuntime:
@@ -57,11 +66,13 @@ class GuestRuntime:
             self.domain.map_io_range(qemu, RangeType.PORT, *other.ports)
         self.xengt = self.domain.create_server("xengt")
         v = config.vgpu
-        for rtype, (s, e) in (
-            (RangeType.MEMORY, v.bar0_mmio),
-            (RangeType.PORT, v.vga_ports),
-        ):
-            self.domain.map_io_range(self.xengt, rtype, s, e)
+        for rtype, s, e in xengt_ranges(config):
+            try:
+                self.domain.map_io_range(self.xengt, rtype, s, e)
+            except HypercallError as exc:
+                raise InputError(
+                    "(scenario)", f"guest {self.name}", f"XenGT cannot claim its ranges: {exc}"
+                ) from None
         sbdf = parse_pci_slot(v.pci).sbdf
         self.domain.map_io_range(self.xengt, RangeType.PCI, sbdf, sbdf)
         self.device_models = {
@@ -72,8 +83,12 @@ class GuestRuntime:
         self.meter = RangeCountMeter(sim.env, sim.warmup_ns)
         self.ppgtt = PpgttLifecycle(sim, self)
         self.meter.at_start = self.range_count()
-        self.workload = AccessGenerator(
-            config, self.live_pages, sim.rng(f"{self.name}/mix"), sim.rng(f"{self.name}/addr")
+        self.replay = self._open_replay() if config.replay is not None else None
+        kind_rng, addr_rng = sim.rng(f"{self.name}/mix"), sim.rng(f"{self.name}/addr")
+        self.workload: Workload = (
+            DeviceAccessGenerator(config.devices, self.live_pages.gfns, kind_rng, addr_rng)
+            if config.devices is not None
+            else AccessGenerator(config, self.live_pages, kind_rng, addr_rng)
         )
         self.vcpus = [
             Vcpu(sim, self, i, sim.pcpus[(first_pcpu + i) % len(sim.pcpus)])
@@ -82,6 +97,50 @@ class GuestRuntime:
 
     def range_count(self) -> int:
         return self.domain.range_count(self.xengt)
+
+    def _open_replay(self) -> CaptureAccesses:
+        replay = self.config.replay
+        assert replay is not None
+        opener = self.sim.replay_opener
+        if opener is None:
+            raise InputError(
+                "(scenario)",
+                f"guest {self.name}: replay",
+                "replaying a capture needs a capture reader (sim.trace.replay.open_capture); "
+                "'vgpu-sim run' passes it",
+            )
+        path = self.sim.base_dir / replay.capture
+        return opener(path, replay.domain, self.sim.scenario.host.tsc_hz)
+
+    def vcpu_source(self, index: int, name: str) -> tuple[Callable[[], float], Workload]:
+        """Vcpu ``index``'s think-time sampler and workload: the guest's synthetic ones,
+        or its own stream of a replayed capture."""
+        g = self.config
+        if self.replay is not None and g.replay is not None:
+            source = ReplayVcpu(
+                self.replay.vcpu(index),
+                loop=g.replay.at_end == "loop",
+                xengt_ports=(g.vgpu.vga_ports[0], g.vgpu.vga_ports[1]),
+                xengt_mmio=(g.vgpu.bar0_mmio[0], g.vgpu.bar0_mmio[1]),
+                live_gfns=self.live_pages.gfns,
+            )
+            return source.think, source
+        think = g.vcpu_think[index] if g.vcpu_think is not None else g.think
+        return self.sim.sampler(think, f"{name}/think"), self.workload
+
+
+def xengt_ranges(guest: Guest) -> list[tuple[RangeType, int, int]]:
+    """The port and MMIO ranges XenGT's server claims for a guest: its vGPU's BAR0 and
+    VGA ports, or, when the guest names its devices, the ranges of the xengt ones."""
+    if guest.devices is None:
+        v = guest.vgpu
+        return [(RangeType.MEMORY, *v.bar0_mmio), (RangeType.PORT, *v.vga_ports)]
+    return [
+        (RangeType.PORT if d.space == "port" else RangeType.MEMORY, s, e)
+        for d in guest.devices
+        if d.server == "xengt" and d.space != "page_tables"
+        for s, e in d.ranges
+    ]
 
 
 class Simulation:
@@ -93,8 +152,10 @@ class Simulation:
         seed: int | None = None,
         base_dir: str | Path = ".",
         trace: Callable[[Trap], None] | None = None,
+        replay_opener: ReplayOpener | None = None,
     ) -> None:
         self.scenario = scenario
+        self.replay_opener = replay_opener
         self.seed = scenario.seed if seed is None else seed
         self.base_dir = Path(base_dir)
         self.env = simpy.Environment()

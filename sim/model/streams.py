@@ -82,6 +82,10 @@ def make_sampler(dist: Any, rng: np.random.Generator, empirical: list[float] | N
         sigma = float(dist.sigma)
         mu = float(np.log(dist.mean_ns)) - sigma * sigma / 2
         return BlockSampler(rng, lambda r, n: r.lognormal(mu, sigma, n))
+    if kind == "gamma":
+        shape = float(dist.shape)
+        scale = float(dist.mean_ns) / shape
+        return BlockSampler(rng, lambda r, n: r.gamma(shape, scale, n))
     if kind == "empirical":
         if not empirical:
             raise ValueError("an empirical distribution needs its values")
