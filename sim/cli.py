@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from sim.inputs import InputError
 from sim.version import __version__
@@ -61,6 +62,15 @@ def _run_outputs(args: argparse.Namespace, scenario: object) -> list:
     return [xentrace_output(scenario)]  # type: ignore[arg-type]
 
 
+def _replay_opener(scenario: Any) -> Any:
+    """The capture reader for guests that replay a capture (sim.model.replay), if any do."""
+    if not any(g.replay is not None for g in scenario.guests):
+        return None
+    from sim.trace.replay import open_capture
+
+    return open_capture
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from sim.model.scenario import load_scenario
 
@@ -96,6 +106,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             progress=progress,
             argv=["vgpu-sim", *sys.argv[1:]],
             outputs=_run_outputs(args, scenario),
+            replay_opener=_replay_opener(scenario),
         )
     x = scenario.xen
     print(
@@ -129,6 +140,15 @@ def _cmd_trace_summarize(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(report.to_text(summary))
     return EXIT_OK
+
+
+def _cmd_trace_fit(args: argparse.Namespace) -> int:
+    from sim.trace.fitcli import run_fit
+
+    path = Path(args.capture)
+    big = path.is_file() and path.stat().st_size >= 64 << 20
+    with _tty_bytes_progress(path.name, enabled=big and not args.no_progress) as progress:
+        return run_fit(args, progress)
 
 
 @contextlib.contextmanager
@@ -293,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "trace",
-        help="read xentrace captures (trace summarize)",
+        help="read xentrace captures (trace summarize, trace fit)",
         description="Work with binary xentrace captures of a Xen host or of a run.",
     )
     trace_sub = p.add_subparsers(dest="trace_command", metavar="TRACE_COMMAND", required=True)
@@ -332,6 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--no-progress", action="store_true", help="no progress bar even on a TTY")
     t.set_defaults(func=_cmd_trace_summarize)
+
+    from sim.trace.fitcli import add_fit_parser
+
+    t = add_fit_parser(trace_sub, cpu_hz=_cpu_hz, positive_int=_positive_int)
+    t.set_defaults(func=_cmd_trace_fit)
 
     p = sub.add_parser(
         "bench",

@@ -287,6 +287,11 @@ class ArcBuilder:
             {c: getattr(arcs, c)[wake] for c in cols},
             EXIT,
             ENTRY,
+            # I/O records only: a carried-in exit also holds its arc's I/O columns.
+            {
+                "io_kind": np.where(kind == IO, ev["io_kind"], 0),
+                **{c: ev[c] for c in ("io_write", "io_addr", "io_data", "io_valid")},
+            },
         )
         return arcs, trips
 

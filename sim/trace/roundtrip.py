@@ -12,6 +12,14 @@ stages on a real capture). So a round trip is:
 Only arcs closed by a wake-up have one; ``dom0_tsc`` is 0 when no dom0 vCPU started
 running inside the arc (dom0 was already running), ``resume_tsc`` 0 when no entry
 followed before the vCPU's next exit or the end of the capture.
+
+A read that went to a device model is traced when it completes, not at the exit: Xen
+writes the IOPORT/IOMEM record of a write before it sends the ioreq, and of a read at
+``finish_access``, which the vCPU reaches only when it re-runs the emulation after the
+reply (``hvmemul_do_io``, xen/arch/x86/hvm/emulate.c @RELEASE-4.6.0, lines 149-156 and
+193-199). So the arc of a blocked read, closed at the wake-up, has no I/O record; the
+``done_io_*`` columns give the first I/O record of the vCPU between its wake-up and its
+VM entry (``done_io_kind`` 0: none), the read that completed.
 """
 
 from __future__ import annotations
@@ -30,6 +38,11 @@ class RoundTrips:
     dom0_tsc: np.ndarray
     wake_tsc: np.ndarray
     resume_tsc: np.ndarray
+    done_io_kind: np.ndarray
+    done_io_write: np.ndarray
+    done_io_addr: np.ndarray
+    done_io_data: np.ndarray
+    done_io_valid: np.ndarray
 
     def __len__(self) -> int:
         return len(self.exit_tsc)
@@ -43,6 +56,9 @@ class _Waiting:
     exit_tsc: int
     dom0_tsc: int
     wake_tsc: int
+
+
+_NO_IO = (0, 0, 0, 0, 0)
 
 
 class RoundTripTracker:
@@ -77,13 +93,26 @@ class RoundTripTracker:
         arcs: dict[str, np.ndarray],
         exit_kind: int,
         entry_kind: int,
+        io: dict[str, np.ndarray],
     ) -> RoundTrips:
         """``key``/``kind``/``tsc``: the batch's events sorted by (vCPU, order); ``woken``:
-        event indexes of wake closers; ``arcs``: their arc columns (same length)."""
+        event indexes of wake closers; ``arcs``: their arc columns (same length); ``io``:
+        the events' I/O columns (``io_kind`` 0 for events that are not I/O records)."""
         n = len(kind)
-        out: list[tuple[int, int, int, int, int, int, int]] = []
+        out: list[tuple[int, ...]] = []
         entries = np.flatnonzero(kind == entry_kind)
         exits = np.flatnonzero(kind == exit_kind)
+        io_at = np.flatnonzero(io["io_kind"] != 0)
+
+        def done_io(after: int, k: int, before: int | None) -> tuple[int, ...]:
+            """The first I/O record of vCPU ``k`` after event ``after``, before ``before``."""
+            j = _next_of(io_at, after, key, k)
+            if j is None or before is None or j > before:
+                return _NO_IO
+            return tuple(
+                int(io[c][j]) for c in ("io_kind", "io_write", "io_addr", "io_data", "io_valid")
+            )
+
         first_of_key: dict[int, int] = {}
         if n:
             starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
@@ -96,11 +125,11 @@ class RoundTripTracker:
             w = self.waiting.pop(k)
             e = _next_of(entries, start - 1, key, k)
             x = _next_of(exits, start - 1, key, k)
-            resume = int(tsc[e]) if e is not None and (x is None or e < x) else 0
+            resumed = e is not None and (x is None or e < x)
+            resume = int(tsc[e]) if resumed else 0
             if resume or x is not None:
-                out.append(
-                    (w.domain, w.vcpu, w.io_kind, w.exit_tsc, w.dom0_tsc, w.wake_tsc, resume)
-                )
+                row = (w.domain, w.vcpu, w.io_kind, w.exit_tsc, w.dom0_tsc, w.wake_tsc, resume)
+                out.append((*row, *done_io(start - 1, k, e if resumed else None)))
             else:
                 self.waiting[k] = w
         dom0 = self._dom0_between(arcs["exit_seq"], arcs["end_seq"])
@@ -117,16 +146,16 @@ class RoundTripTracker:
                 int(arcs["end_tsc"][i]),
             )
             if e is not None and (x is None or e < x):
-                out.append((*row, int(tsc[e])))
+                out.append((*row, int(tsc[e]), *done_io(c, k, e)))
             elif x is not None:
-                out.append((*row, 0))
+                out.append((*row, 0, *_NO_IO))
             else:
                 self.waiting[k] = _Waiting(*row)
         return _pack(out)
 
     def finish(self) -> RoundTrips:
         rows = [
-            (w.domain, w.vcpu, w.io_kind, w.exit_tsc, w.dom0_tsc, w.wake_tsc, 0)
+            (w.domain, w.vcpu, w.io_kind, w.exit_tsc, w.dom0_tsc, w.wake_tsc, 0, *_NO_IO)
             for w in self.waiting.values()
         ]
         self.waiting = {}
@@ -141,7 +170,9 @@ def _next_of(positions: np.ndarray, after: int, key: np.ndarray, k: int) -> int 
 
 
 def _pack(rows: list[tuple[int, ...]]) -> RoundTrips:
-    a = np.asarray(rows, dtype=np.int64).reshape(-1, 7)
+    # Addresses and data are unsigned 64/32-bit: keep them exact in a uint64 array.
+    u = np.asarray(rows, dtype=np.uint64).reshape(-1, 12)
+    a = u.astype(np.int64)
     return RoundTrips(
         domain=a[:, 0].astype(np.int32),
         vcpu=a[:, 1].astype(np.int32),
@@ -150,4 +181,9 @@ def _pack(rows: list[tuple[int, ...]]) -> RoundTrips:
         dom0_tsc=a[:, 4].astype(np.uint64),
         wake_tsc=a[:, 5].astype(np.uint64),
         resume_tsc=a[:, 6].astype(np.uint64),
+        done_io_kind=a[:, 7].astype(np.int8),
+        done_io_write=a[:, 8].astype(bool),
+        done_io_addr=u[:, 9],
+        done_io_data=u[:, 10],
+        done_io_valid=a[:, 11].astype(bool),
     )
