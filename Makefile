@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup run test lint bench golden clean
+.PHONY: setup run test lint bench golden trace-example clean
 
 # (Re)install when pyproject.toml changes; the project is installed editable.
 $(STAMP): pyproject.toml
@@ -31,6 +31,12 @@ lint: $(STAMP)
 golden: $(STAMP)
 	VGPU_SIM_UPDATE_GOLDEN=1 $(PY) -m pytest -q tests/test_run.py -k golden
 	git diff --stat tests/golden
+
+# Fit the example capture again (README "Fitting a scenario"); review the diff.
+trace-example: $(STAMP)
+	rm -rf results/trace/hsw-guest
+	$(VENV)/bin/vgpu-sim trace fit scenarios/captures/hsw-guest.bin --domain 1 --cpu-hz 2.8G \
+	  --platform hsw --out results/trace/hsw-guest
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build *.egg-info

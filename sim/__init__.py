@@ -73,6 +73,8 @@ _EXPORTS: dict[str, str] = {
     "ArcBatch": "sim.trace.arcs",
     "RoundTrips": "sim.trace.roundtrip",
     "CaptureWriter": "sim.trace.writer",
+    "fit_capture": "sim.trace.fit",
+    "open_capture": "sim.trace.replay",
 }
 
 __all__ = [
@@ -103,6 +105,7 @@ __all__ = [
     "SweepResults",
     "VersionProfile",
     "__version__",
+    "fit_capture",
     "format_aggregate",
     "format_number",
     "latency_figure",
@@ -111,6 +114,7 @@ __all__ = [
     "load_scenario",
     "load_sweep",
     "mean_ci95",
+    "open_capture",
     "parse_pci_slot",
     "platform_pages",
     "run_case",
@@ -160,7 +164,9 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time names resolve la
     from sim.study.sweepfile import Sweep, load_sweep
     from sim.study.tables import SweepResults, format_aggregate, format_number, load_results
     from sim.trace.arcs import ArcBatch
+    from sim.trace.fit import fit_capture
     from sim.trace.reader import Capture, CaptureSummary, summarize_capture
+    from sim.trace.replay import open_capture
     from sim.trace.roundtrip import RoundTrips
     from sim.trace.writer import CaptureWriter
     from sim.xen.abi import MAX_NR_IO_RANGES, IoreqType, PciSlot, RangeType, parse_pci_slot

@@ -220,3 +220,14 @@ def test_think_gaps_are_the_models_think_times(tiny_capture: Path) -> None:
     assert (v0["gap_kind"][1:] == GAP_MEASURED).all()
     # two TSCs rounded to a cycle, two trace.csv times to 0.1 ns (0.28 cycles)
     assert np.abs(v0["gap_tsc"][1:].astype(np.float64) - expected).max() <= 1.6
+
+
+def test_shipped_example_fit_is_current(tmp_path: Path) -> None:
+    """The example capture still fits (the shipped fit was written by `make
+    trace-example`; its scenario validates and its report passes)."""
+    shipped = ROOT / "results" / "trace" / "hsw-guest"
+    assert main(["validate", str(shipped / "scenario.yaml")]) == 0
+    assert "## Verdict: PASS" in (shipped / "fit.md").read_text()
+    capture = ROOT / "scenarios" / "captures" / "hsw-guest.bin"
+    args = ["trace", "fit", str(capture), "--domain", "1", "--cpu-hz", "2.8G"]
+    assert main([*args, "--platform", "hsw", "--out", str(tmp_path / "fit")]) == 0

@@ -41,7 +41,7 @@ def write_figure(fit: Fit, stem: Path) -> list[Path]:
     plain = FuncFormatter(lambda x, _: f"{x:g}")
     ax.xaxis.set_major_formatter(plain)
     ax.xaxis.set_minor_formatter(plain)
-    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.tick_params(axis="x", which="both", labelsize=8)
     ax.set_xlabel("trap latency, VM exit -> VM entry (µs, log scale)")
     ax.set_ylabel("fraction of traps")
     ax.set_ylim(0, 1)
