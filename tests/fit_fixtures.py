@@ -29,13 +29,18 @@ def windows(per_pcpu: dict[int, list[bytes]]) -> bytes:
     return out
 
 
-def io_capture(traps: int = 400, seed: int = 5) -> bytes:
+def io_capture(traps: int = 400, seed: int = 5, rtc: bool = False) -> bytes:
+    """See the module docstring; ``rtc`` adds the RTC's ports to vCPU 0's, which Xen
+    emulates itself."""
     rng = random.Random(seed)
+    ports = [(0x3C4, True), (0x3C5, False), (0x3D4, True), (0x60, False)]
+    if rtc:
+        ports += [(0x70, True), (0x71, False)]
     io = [_running(1, 0, 1000)]
     t = 2000
     for _ in range(traps):
         t += int(rng.expovariate(1 / 60_000))  # think, cycles
-        port, write = rng.choice(((0x3C4, True), (0x3C5, False), (0x3D4, True), (0x60, False)))
+        port, write = rng.choice(ports)
         event = fmt.TRC_HVM_IOPORT_WRITE if write else fmt.TRC_HVM_IOPORT_READ
         io += [R(fmt.TRC_HVM_VMX_EXIT, (30, 0x1000), t), R(event, (port, 0x12))]
         t += 15_000 + int(rng.expovariate(1 / 20_000))  # exit -> entry, cycles

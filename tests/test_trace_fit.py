@@ -231,3 +231,27 @@ def test_shipped_example_fit_is_current(tmp_path: Path) -> None:
     capture = ROOT / "scenarios" / "captures" / "hsw-guest.bin"
     args = ["trace", "fit", str(capture), "--domain", "1", "--cpu-hz", "2.8G"]
     assert main([*args, "--platform", "hsw", "--out", str(tmp_path / "fit")]) == 0
+
+
+def test_devices_xen_emulates_get_no_service_and_a_bad_fit_is_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The RTC's ports are Xen's own emulator (sim/xen/intercept.py): in the model no
+    device model serves them. The capture says they took as long as QEMU's accesses, which
+    the model cannot reproduce: the fit says so, and exits 1 with its results written."""
+    cap = tmp_path / "rtc.bin"
+    cap.write_bytes(io_capture(rtc=True))
+    out = tmp_path / "fit"
+    assert main(["trace", "fit", str(cap), "--domain", "1", "--out", str(out)]) == 1
+    assert "does not reproduce the capture" in capsys.readouterr().err
+    report = (out / "fit.md").read_text()
+    assert "## Verdict: FAIL" in report
+    assert "| mean trap latency |" in report
+    assert "**FAIL**" in report
+    rtc = next(line for line in report.splitlines() if line.startswith("| rtc |"))
+    assert rtc.endswith("| Xen's emulator |")
+    assert "Xen's own emulators answer rtc" in report
+    # QEMU's service is fitted on the keyboard's traps alone
+    keyboard = next(line for line in report.splitlines() if line.startswith("| keyboard |"))
+    service = next(line for line in report.splitlines() if line.startswith("| service, qemu |"))
+    assert keyboard.split("|")[5].strip() == service.split("|")[2].strip()

@@ -47,6 +47,9 @@ class SimTraps:
     t_served: np.ndarray
     t_resumed: np.ndarray
     end_ns: float
+    addr: np.ndarray  # the access's port or guest-physical address
+    is_port: np.ndarray
+    to_dm: np.ndarray  # sent to a device model (else handled inside Xen)
 
     @property
     def latency(self) -> np.ndarray:
@@ -55,7 +58,9 @@ class SimTraps:
 
 def simulate(scenario: Scenario, base_dir: Path, max_traps: int | None) -> SimTraps:
     """Run ``scenario`` (its first guest is the fitted one) and keep every trap of it."""
-    cols: dict[str, list[float]] = {k: [] for k in ("vcpu", "kind", "trap", "served", "res")}
+    cols: dict[str, list] = {
+        k: [] for k in ("vcpu", "kind", "trap", "served", "res", "addr", "port", "dm")
+    }
     guest = scenario.guests[0].name
     kinds = {k: i for i, k in enumerate(ACCESS_KINDS)}
 
@@ -67,6 +72,9 @@ def simulate(scenario: Scenario, base_dir: Path, max_traps: int | None) -> SimTr
         cols["trap"].append(trap.t_trap)
         cols["served"].append(trap.t_served)
         cols["res"].append(trap.t_resumed)
+        cols["addr"].append(trap.access.addr)
+        cols["port"].append(trap.access.kind == "pio")
+        cols["dm"].append(trap.dm is not None)
 
     if max_traps is not None:
         scenario = scenario.model_copy(update={"max_accesses": max_traps})
@@ -79,6 +87,9 @@ def simulate(scenario: Scenario, base_dir: Path, max_traps: int | None) -> SimTr
         t_served=np.asarray(cols["served"], dtype=np.float64),
         t_resumed=np.asarray(cols["res"], dtype=np.float64),
         end_ns=result.sim_time_ns,
+        addr=np.asarray(cols["addr"], dtype=np.uint64),
+        is_port=np.asarray(cols["port"], dtype=bool),
+        to_dm=np.asarray(cols["dm"], dtype=bool),
     )
 
 
