@@ -222,3 +222,18 @@ def test_bad_replay_inputs_are_exit_2(source: Path, capsys: pytest.CaptureFixtur
     assert "\n" not in err
     assert "domain 7 has no exits in this capture" in err
     assert not out.exists()
+
+
+def test_a_replay_scenario_cannot_be_swept_yet(
+    source: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Sweep workers have no capture reader: refused up front, not point by point."""
+    (source / "base.yaml").write_text(REPLAY.format(duration=10, at_end="stop"))
+    sweep = source / "sweep.yaml"
+    sweep.write_text(
+        "schema_version: 1\nbase: base.yaml\naxes:\n  xen.design: [xen-4.6, wp-split]\n"
+        "replications: 1\nseed: 1\n"
+    )
+    assert main(["sweep", str(sweep), "--out", str(source / "swept"), "--no-progress"]) == 2
+    assert "cannot be swept yet" in capsys.readouterr().err
+    assert not (source / "swept").exists()

@@ -236,6 +236,14 @@ def load_sweep(path: str | Path) -> Sweep:
         scenario_file = file.resolve()
     if not isinstance(base_raw, dict):  # scenario_from_data has refused it already
         raise InputError(file, "base", "the base scenario must be a mapping")
+    if any(g.replay is not None for g in base.guests):
+        # Sweep workers build the model without a capture reader (sim.model.replay).
+        raise InputError(
+            file,
+            "base",
+            "a scenario that replays a capture cannot be swept yet; run it once per design "
+            "or page count with 'vgpu-sim run --set'",
+        )
 
     # Fixed overrides: key paths must exist in the base's effective configuration.
     raw_with_set = copy.deepcopy(base_raw)
