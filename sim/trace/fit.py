@@ -159,15 +159,15 @@ def _think(m: Measured, fit: Fit) -> list[dict[str, Any]]:
     """Per model vCPU: its think time's distribution (the CSV name is think-vcpuN.csv)."""
     out = []
     lat = m.latency_ns.mean()
+    vcpu, kind = m.traps["vcpu"], m.traps["gap_kind"]
     for i, v in enumerate(m.vcpu_ids):
-        rows = m.traps[m.traps["vcpu"] == v]
-        gaps = m.ns(rows["gap_tsc"][rows["gap_kind"] == GAP_MEASURED])
+        gaps = m.ns(m.traps["gap_tsc"][(vcpu == v) & (kind == GAP_MEASURED)])
         name = f"think, vCPU {v}"
         if len(gaps) >= MIN_SAMPLES:
             d = fit_distribution(name, gaps, f"think-vcpu{i}.csv")
         else:
             # Too few gaps to fit: an exponential with the mean that keeps the vCPU's rate.
-            mean = max(m.span_ns / max(len(rows), 1) - lat, 1.0)
+            mean = max(m.span_ns / max(m.stats.io_exits[v], 1) - lat, 1.0)
             d = constant(name, mean)
             d.chosen, d.dist = "exponential", {"dist": "exponential", "mean_ns": mean}
             fit.notes.append(

@@ -16,6 +16,7 @@ from sim.trace.fitdist import ALPHA, FAMILIES
 from sim.trace.validate import MEAN_TOLERANCE, MIN_TRAPS_FOR_RATE, QUANTILES, RATE_TOLERANCE
 
 FIGURE = "latency_cdf"
+CDF_POINTS = 5000
 
 
 def write_report(fit: Fit, directory: Path) -> None:
@@ -36,6 +37,9 @@ def write_figure(fit: Fit, stem: Path) -> list[Path]:
     ):
         x = np.sort(np.asarray(values, dtype=np.float64)) / 1e3
         y = np.arange(1, len(x) + 1) / len(x)
+        if len(x) > CDF_POINTS:  # evenly spaced points of the CDF are enough to draw it
+            keep = np.linspace(0, len(x) - 1, CDF_POINTS).round().astype(np.int64)
+            x, y = x[keep], y[keep]
         ax.step(x, y, where="post", linestyle=style, label=label)
     ax.set_xscale("log")
     plain = FuncFormatter(lambda x, _: f"{x:g}")
