@@ -104,6 +104,20 @@ def atomic_file(path: Path) -> Iterator[Path]:
         raise
 
 
+def save_figure(fig: Any, stem: Path, dpi: int = 130) -> list[Path]:
+    """A matplotlib figure as PNG and SVG beside ``stem``, each written atomically; the SVG
+    without a date and with fixed ids, so redraws diff cleanly."""
+    import matplotlib  # only for callers that draw: importing sim.results stays cheap
+
+    png, svg = stem.with_suffix(".png"), stem.with_suffix(".svg")
+    with matplotlib.rc_context({"svg.hashsalt": "vgpu-sim"}):
+        with atomic_file(png) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi)
+        with atomic_file(svg) as tmp:
+            fig.savefig(tmp, format="svg", metadata={"Date": None})
+    return [png, svg]
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     with atomic_file(path) as tmp, tmp.open("w", encoding="utf-8", newline="") as fh:
         fh.write(text)

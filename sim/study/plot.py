@@ -17,13 +17,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from sim.model.scenario import PLATFORMS, load_preset
-from sim.results import atomic_file
+from sim.results import save_figure
 from sim.study.tables import SweepResults, format_number, load_results
 
 FIGURE_NAMES = ("latency_vs_ranges", "visits_vs_ranges")
@@ -253,17 +252,6 @@ def visits_figure(results: SweepResults) -> Figure:
         _y_scale(ax)
     title = _title(results, "Rangeset visits vs write-protected pages")
     return _finish(fig, bottom, handles, title)
-
-
-def save_figure(fig: Figure, stem: Path) -> list[Path]:
-    """PNG and SVG; the SVG without a date and with fixed ids, so redraws diff cleanly."""
-    png, svg = stem.with_suffix(".png"), stem.with_suffix(".svg")
-    with matplotlib.rc_context({"svg.hashsalt": "vgpu-sim"}):
-        with atomic_file(png) as tmp:
-            fig.savefig(tmp, format="png", dpi=130)
-        with atomic_file(svg) as tmp:
-            fig.savefig(tmp, format="svg", metadata={"Date": None})
-    return [png, svg]
 
 
 def write_figures(directory: str | Path) -> list[Path]:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from sim.results import atomic_file, write_text_atomic
+from sim.results import save_figure, write_text_atomic
 from sim.trace import format as fmt
 from sim.trace.fit import CPUID_MIN, MIN_SAMPLES, Fit
 from sim.trace.fitdist import ALPHA, FAMILIES
@@ -58,13 +57,7 @@ def write_figure(fit: Fit, stem: Path) -> list[Path]:
         fontsize=10,
     )
     fig.tight_layout()
-    png, svg = stem.with_suffix(".png"), stem.with_suffix(".svg")
-    with matplotlib.rc_context({"svg.hashsalt": "vgpu-sim"}):
-        with atomic_file(png) as tmp:
-            fig.savefig(tmp, format="png", dpi=120)
-        with atomic_file(svg) as tmp:
-            fig.savefig(tmp, format="svg", metadata={"Date": None})
-    return [png, svg]
+    return save_figure(fig, stem, dpi=120)
 
 
 def _us(ns: float) -> str:
