@@ -40,7 +40,7 @@ guests:
       - {name: pci, space: port, server: qemu, ranges: [[0xcf8, 0xcff]], share: 0.1}
       - {name: nic, space: mmio, server: qemu, ranges: [[0xfe000000, 0xfe000fff],
          [0xfe100000, 0xfe100fff]], share: 0.1, read_fraction: 0.0}
-      - {name: pt, space: page_tables, server: xengt, share: 0.3, read_fraction: 0}
+      - {name: pt, space: page_tables, server: xengt, share: 0.3}
     vgpu:
       ppgtt: {live_pages: 50, pages_per_ppgtt: 50}
 """
@@ -138,6 +138,7 @@ def test_gamma_durations_have_their_mean_and_shape() -> None:
         ),
         (lambda g: g["devices"][4].update(ranges=[[0, 1]]), "a page_tables device has no ranges"),
         (lambda g: g["devices"][4].update(server="qemu"), "server xengt"),
+        (lambda g: g["devices"][4].update(read_fraction=0.2), "read_fraction must be 0"),
         (lambda g: g["devices"][1].update(ranges=[[0xFFF0, 0x10000]]), "I/O ports end at 0xffff"),
         (lambda g: g["devices"][1].update(ranges=[]), "needs at least one range"),
         (lambda g: g["vcpu_think"].pop(), "vcpu_think has 1 entries for 2 vCPUs"),

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from itertools import pairwise
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import AfterValidator, Field, model_validator
@@ -111,6 +111,14 @@ class Device(StrictModel):
     size: Literal[1, 2, 4, 8] | None = Field(
         None, description="Access size in bytes; null: sim.model.devices.default_size."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _page_tables_are_written(cls, data: Any) -> Any:
+        """A page_tables device's read_fraction defaults to 0: its traps are writes."""
+        if isinstance(data, dict) and data.get("space") == "page_tables":
+            return {"read_fraction": 0.0, **data}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> Device:
@@ -207,17 +215,20 @@ class DeviceAccessGenerator:
         self._devices = [self._prepare(d) for d in devices]
 
     @staticmethod
-    def _prepare(d: Device) -> tuple[str, str, list[tuple[int, int]], list[float], int, float]:
-        size = d.size or default_size(d.space, d.ranges[0][0] if d.ranges else 0)
-        # Each range holds (end - start + 1) // size aligned slots (at least one).
-        slots = [(s, max(1, (e - s + 1) // size)) for s, e in d.ranges]
-        total = sum(n for _, n in slots)
-        cum = list(np.cumsum([n / total for _, n in slots])) if slots else []
-        return (d.space, kind_of(d.space, d.server), slots, cum, size, d.read_fraction)
+    def _prepare(d: Device) -> tuple[str, str, list[tuple[int, int, int]], list[float], float]:
+        # Per range: its start, its access size, and the (end - start + 1) // size aligned
+        # slots it holds (at least one); a range is picked by its slots.
+        slots = []
+        for s, e in d.ranges:
+            size = d.size or default_size(d.space, s)
+            slots.append((s, size, max(1, (e - s + 1) // size)))
+        total = sum(n for _, _, n in slots)
+        cum = list(np.cumsum([n / total for _, _, n in slots])) if slots else []
+        return (d.space, kind_of(d.space, d.server), slots, cum, d.read_fraction)
 
     def next(self) -> tuple[str, Access | None]:
         """The kind of the next trap and its access; ``None`` if no page table is live."""
-        space, kind, slots, cum, size, read_fraction = self._devices[self._pick()]
+        space, kind, slots, cum, read_fraction = self._devices[self._pick()]
         u = self._u
         if space == "page_tables":
             gfns = self._live
@@ -231,7 +242,7 @@ class DeviceAccessGenerator:
             x = u()
             while i < len(cum) - 1 and x >= cum[i]:
                 i += 1
-        start, n = slots[i]
+        start, size, n = slots[i]
         addr = start + size * int(u() * n)
         is_write = u() >= read_fraction
         return kind, Access("pio" if space == "port" else "mmio", addr, size, is_write)
