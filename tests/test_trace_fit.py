@@ -255,3 +255,17 @@ def test_devices_xen_emulates_get_no_service_and_a_bad_fit_is_exit_1(
     keyboard = next(line for line in report.splitlines() if line.startswith("| keyboard |"))
     service = next(line for line in report.splitlines() if line.startswith("| service, qemu |"))
     assert keyboard.split("|")[5].strip() == service.split("|")[2].strip()
+
+
+def test_bad_override_is_exit_2_naming_the_scenario_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cap = tmp_path / "io.bin"
+    cap.write_bytes(io_capture(traps=50))
+    out = tmp_path / "fit"
+    args = ["trace", "fit", str(cap), "--domain", "1", "--out", str(out)]
+    assert main([*args, "--set", "xen.design=ring"]) == 2
+    err = _one_line_error(capsys)
+    assert f"{out / 'scenario.yaml'}: xen.design" in err
+    assert not out.exists()
+    assert not list(tmp_path.glob(".fit*"))

@@ -321,16 +321,17 @@ class Guest(StrictModel):
     )
     # Optional keys (sim.model.devices, sim.model.replay): left out of the effective
     # configuration when not given, so existing scenarios keep their hash.
-    vcpu_think: Annotated[list[Dist], Field(min_length=1)] | None = Field(
+    vcpu_think: Annotated[list[Dist], Field(min_length=1, max_length=128)] | None = Field(
         None,
         description="One think-time distribution per vCPU, in vCPU order, instead of "
-        "'think' (vgpu-sim trace fit writes it when a capture's vCPUs trap at different "
-        "rates).",
+        "'think' (vgpu-sim trace fit writes one per captured vCPU). At most 128: [CODE] "
+        "HVM_MAX_VCPUS (xen/include/public/hvm/hvm_info_table.h @RELEASE-4.6.0, line 35).",
     )
-    devices: list[Device] | None = Field(
+    devices: Annotated[list[Device], Field(max_length=256)] | None = Field(
         None,
         description="The devices the guest traps on, instead of mix, other_devices and "
-        "the vGPU's BAR0 and VGA ports (sim.model.devices).",
+        "the vGPU's BAR0 and VGA ports (sim.model.devices). At most 256 (a fit writes at "
+        "most 49: 24 per address space and the page tables).",
     )
     replay: Replay | None = Field(
         None,

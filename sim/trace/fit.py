@@ -391,10 +391,17 @@ def _write_csvs(fit: Fit, directory: Path) -> None:
             write_text_atomic(directory / d.dist["file"], empirical_csv(d.values))
 
 
-def _load(data: dict[str, Any], directory: Path, overrides: list[tuple[str, Any]]) -> Scenario:
+def _load(
+    data: dict[str, Any], directory: Path, overrides: list[tuple[str, Any]], final: Path
+) -> Scenario:
+    """Write ``scenario.yaml`` into the (temporary) ``directory`` and load it, with the
+    user's ``--set`` overrides; errors name the file it will become, ``final``."""
     path = directory / "scenario.yaml"
     write_text_atomic(path, _yaml(data))
-    return scenario_from_data(yaml.safe_load(path.read_text(encoding="utf-8")), path, overrides)
+    try:
+        return scenario_from_data(yaml.safe_load(path.read_text(encoding="utf-8")), path, overrides)
+    except InputError as exc:
+        raise InputError(final / "scenario.yaml", exc.keypath, exc.problem) from None
 
 
 def fit_capture(
@@ -431,7 +438,8 @@ def fit_capture(
                 data["costs"]["vcpu_wake_ns"] = 0.0  # measured below, from the stages
             # Long enough for CALIBRATION_TRAPS traps at the capture's rate.
             stretch = -(-CALIBRATION_TRAPS // len(m.traps)) + 1
-            calib = _load(data, tmp, [*overrides, ("duration_ms", data["duration_ms"] * stretch)])
+            longer = [*overrides, ("duration_ms", data["duration_ms"] * stretch)]
+            calib = _load(data, tmp, longer, out_dir)
             calibration = simulate(calib, tmp, CALIBRATION_TRAPS)
             fit.overhead_ns = _overheads(calibration)
             fit.calibration_traps = len(calibration.t_trap)
@@ -445,7 +453,7 @@ def fit_capture(
             data["costs"].update(fit.costs)
             fit.scenario = data
             _write_csvs(fit, tmp)
-            scenario = _load(data, tmp, overrides)
+            scenario = _load(data, tmp, overrides, out_dir)
             fit.simulated = simulate(scenario, tmp, max_sim_traps)
             fit.validation = compare(
                 m.latency_ns, m.stats.io_exits, m.span_ns, fit.simulated, m.vcpu_ids
