@@ -157,8 +157,8 @@ def _latency(fit: Fit) -> list[str]:
         "judged: with thousands of traps it rejects differences far below what matters).",
         "",
         f"For reference, xenalyze's arcs of these traps (what `vgpu-sim trace summarize` "
-        f"counts): mean {_us(float(arcs.mean()))} µs over {len(arcs):,} arcs. "
-        + (f"{unknown} traps have no VM entry in the capture and no latency." if unknown else ""),
+        f"counts): mean {_us(float(arcs.mean()))} µs over {len(arcs):,} arcs."
+        + (f" {unknown} traps have no VM entry in the capture and no latency." if unknown else ""),
         "",
         f"![measured and simulated trap-latency CDFs]({FIGURE}.png)",
         "",
@@ -285,9 +285,11 @@ def _distributions(fit: Fit) -> list[str]:
         "### Distributions",
         "",
         f"Criterion (`sim/trace/fitdist.py`): exponential, lognormal and gamma by maximum "
-        f"likelihood; the lowest AIC is used if a one-sample KS test does not reject it at "
-        f"{ALPHA} (p >= {ALPHA}), else the measured values (an empirical CSV). Constant "
-        f"values are a constant. Fewer than {MIN_SAMPLES} values: see the notes.",
+        f"likelihood (lognormal and gamma only when every value is positive: a blank AIC "
+        f"means the family was not tried); the lowest AIC is used if a one-sample KS test "
+        f"does not reject it at {ALPHA} (p >= {ALPHA}), else the measured values (an "
+        f"empirical CSV). Constant values are a constant. Fewer than {MIN_SAMPLES} values: "
+        "see the notes.",
         "",
     ]
     dists = [*fit.dists, *([fit.exit_entry] if fit.exit_entry else [])]
