@@ -63,12 +63,22 @@ def _run_outputs(args: argparse.Namespace, scenario: object) -> list:
 
 
 def _replay_opener(scenario: Any) -> Any:
-    """The capture reader for guests that replay a capture (sim.model.replay), if any do."""
+    """The capture reader for guests that replay a capture (sim.model.replay), if any do;
+    it says on stderr what each capture holds."""
     if not any(g.replay is not None for g in scenario.guests):
         return None
     from sim.trace.replay import open_capture
 
-    return open_capture
+    def opener(path: Path, domain: int, tsc_hz: float) -> Any:
+        replay = open_capture(path, domain, tsc_hz)
+        per_vcpu = ", ".join(f"vCPU {v}: {n:,}" for v, n in replay.accesses.items())
+        left_out = (
+            f"; {replay.skipped:,} port reads without their port left out" if replay.skipped else ""
+        )
+        print(f"replaying domain {domain} of {path}: {per_vcpu}{left_out}", file=sys.stderr)
+        return replay
+
+    return opener
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
