@@ -17,7 +17,7 @@ from sim.trace import format as fmt
 from sim.trace.fit import fit_capture
 from sim.trace.fitreport import write_report
 from sim.trace.iostream import GAP_FIRST, GAP_MEASURED, SPACE_PORT, DomainStats, io_traps
-from sim.trace.reader import Capture
+from sim.trace.reader import Capture, summarize_capture
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "scenarios" / "small" / "tiny.yaml"
@@ -159,6 +159,10 @@ def test_a_read_completed_after_the_wake_up_keeps_its_port(tmp_path: Path) -> No
     assert (trap["exit_tsc"], trap["end_tsc"], trap["resume_tsc"]) == (2000, 5000, 6500)
     assert (trap["dom0_tsc"], trap["wake_tsc"]) == (3000, 5000)
     assert stats.completed_after_wake == 1
+    # and `trace summarize` counts its round trip among the I/O exits' stages
+    stages = summarize_capture(cap).stages[1]
+    assert stages["exit_to_resume"].count == 1
+    assert stages["exit_to_dom0"].mean_cycles == 1000
 
 
 def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:

@@ -163,7 +163,9 @@ def _add_stages(
     stages: dict[int, dict[str, CycleStats]], trips: RoundTrips, domain: int | None
 ) -> None:
     """Round trips of I/O exits whose every stage is known, per domain."""
-    full = (trips.io_kind != 0) & (trips.dom0_tsc > 0) & (trips.resume_tsc > 0)
+    # An I/O exit: its record came inside the arc, or (a read) just after the wake-up.
+    io = (trips.io_kind != 0) | (trips.done_io_kind != 0)
+    full = io & (trips.dom0_tsc > 0) & (trips.resume_tsc > 0)
     if domain is not None:
         full &= trips.domain == domain
     if not full.any():
