@@ -33,7 +33,10 @@ def test_run_writes_manifest_and_summary(tmp_path: Path) -> None:
     for key in ("config", "scenario_sha256", "seed", "versions", "argv", "wall_s", "totals"):
         assert key in man
     assert man["config"]["xen"]["max_nr_io_ranges"] == 64
-    assert man["config"]["costs"]["visit_ns"] == 15.0  # a default, recorded explicitly
+    assert man["config"]["costs"]["vmexit_ns"] == 447  # a default, recorded explicitly
+    assert man["config"]["costs"]["visit_ns"] is None  # the cache model prices visits
+    assert man["config"]["host"]["cpu"]["l1d_kb"] == 32  # from the platform preset
+    assert man["totals"]["cpu_use"]["threads"]["vm1/xengt/0"] > 0
     for key in ("accesses", "simulated_ns", "throughput_per_s", "failed_maps"):
         assert key in man["totals"]
     assert man["totals"]["untracked_ppgtt_writes"] > 0  # 150 pages, 64-node limit

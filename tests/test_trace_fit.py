@@ -96,7 +96,15 @@ def test_round_trip_stages_give_wakeup_service_and_resume(tmp_path: Path) -> Non
     the capture; the exits it does not model are listed with their counts."""
     cap = tmp_path / "host.bin"
     cap.write_bytes(host_capture(7, Knobs(pcpus=4, guests=1, vcpus=2, exits=2500)))
-    fit = fit_capture(cap, 1, tmp_path / "fit", report=write_report)
+    # The generated capture's stages are short (exit -> dom0 running 0.2-2.9 us, guest
+    # woken -> entry under 0.2 us), shorter than Xen's own work on each side with the
+    # model's measured defaults (an EPT violation, two emulations, the handler scans):
+    # no fit could reproduce it. Leave those costs out, as the capture does.
+    lean = [
+        (f"costs.{c}", 0)
+        for c in ("ept_violation_ns", "mmio_decode_ns", "pio_decode_ns", "handler_check_ns")
+    ]
+    fit = fit_capture(cap, 1, tmp_path / "fit", overrides=lean, report=write_report)
     assert fit.path_used == "round-trip stages"
     assert fit.validation is not None
     assert fit.validation.passed

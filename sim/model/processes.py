@@ -9,20 +9,28 @@ Three roles, each a SimPy process (time in ns):
     447; XenGT creates its server with ``handle_bufioreq = 0``, so nothing is buffered).
     One request is in flight per vCPU (the per-vCPU slot of ``shared_iopage_t``).
 ``HypervisorCpu``
-    One per physical CPU, because Xen handles an exit on the pCPU that ran the vCPU.
-    For an exit: VM exit, decode, server selection (visits x ``visit_ns``, the visits
-    coming from ``sim.xen.ioreq`` for the domain's design and rangeset), then the ioreq
-    write and event-channel notify. For a reply: wake the vCPU, resume and VM entry. A
-    pCPU works on one thing at a time, so vCPUs pinned to the same pCPU contend.
-``DeviceModelWorker``
-    ``workers`` threads per ioreq server (XenGT's, and QEMU as the default server). An
-    idle thread pays a dom0 wake-up before it serves; dom0 vCPUs may be a pool shared by
-    all device models of the host.
+    One per physical CPU, because Xen handles an exit on the pCPU that ran the vCPU:
+    VM exit, the EPT-violation path for MMIO, instruction decode, Xen's scan of its
+    internal I/O handlers, server selection (its node visits priced by
+    :mod:`sim.model.cache`, waiting while a map or unmap holds the rangeset's write lock,
+    :mod:`sim.model.locks`), then the ioreq write and event-channel notify. On the
+    reply the vCPU wakes, ``hvm_do_resume`` completes the access by emulating it a
+    second time, and the VM entry follows (:data:`RESUME_NOTE`).
+``DeviceModelThread``
+    ``workers`` threads per ioreq server (XenGT's, and QEMU as the default server). A
+    sleeping thread pays a dom0 wake-up; it serves pending requests in its server's
+    order (XenGT: vCPU index, as ``vgt_emulation_thread`` sweeps its pending bitmap;
+    QEMU: arrival) on a dom0 vCPU, its own or one of a shared pool. XenGT's thread also
+    runs the vGPU's PPGTT map/unmap bursts (:mod:`sim.model.ppgtt`), as part of the
+    register write that needs the new PPGTT.
 
-A fourth process per vGPU, ``PpgttLifecycle``, creates and destroys PPGTTs: the device
-model write-protects each page-table page with a map hypercall and unprotects it on
-destroy. When ``max_nr_io_ranges`` is spent the map fails as in Xen, the page keeps its
-RAM type, and guest writes to it are not trapped: ``untracked_ppgtt_writes``.
+A pCPU shared by several vCPUs (``host.pcpus``) runs one at a time, guest code and
+Xen's work alike, under the credit-like scheduler of :mod:`sim.model.cpu`; dom0's vCPUs
+likewise run one thread at a time. Work a vCPU does while it holds its pCPU (the resume,
+an exit Xen handles itself) is folded into its next run of guest code, so a trap costs
+the same SimPy events on a free shared pCPU as on a pCPU of its own; waiting for a busy
+CPU costs one event. A pCPU with one vCPU (the default) skips the scheduler's
+bookkeeping altogether (the fast path: same event times, no preemption checks).
 
 They are wired together in :class:`sim.model.simulation.Simulation`, in one place.
 """
@@ -34,17 +42,42 @@ from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 import simpy
+from simpy.events import NORMAL
 
+from sim.model.cpu import CpuPool, Runner
+from sim.model.device_models import DeviceModel
 from sim.model.recorder import Trap
-from sim.model.scenario import ACCESS_KINDS, DeviceModel
-from sim.model.workload import FrameAllocator
-from sim.xen.ioreq import IoreqServer
+from sim.model.scenario import ACCESS_KINDS
 
 if TYPE_CHECKING:
+    from sim.model.ppgtt import PpgttJob
     from sim.model.simulation import GuestRuntime, Simulation
 
 Process = Generator[simpy.Event, Any, None]
 NS_PER_MS = 1_000_000
+
+#: Scans of Xen's internal I/O handler table per exit. ``hvm_find_io_handler()`` walks
+#: every registered entry until one accepts (intercept.c @RELEASE-4.6.0, lines 205-227);
+#: :mod:`sim.xen.intercept` registers them per release and ``route_fast`` reports how many
+#: ``hvm_io_intercept()`` walked (19 in a 4.6 HVM domain when none accepts: the dpci
+#: port, vpic x4, vioapic, stdvga x3, rtc, msixtbl, ports 0xe9 and 0xcf8, PIT x2, vlapic,
+#: pmtimer x2, hpet; NR_IO_HANDLERS is 32). An EPT violation (MMIO, a write to a
+#: protected page) walks the table twice: first in ``hvm_mmio_internal()`` on the NPF path
+#: (hvm.c @4.6 line 2932; still there at @RELEASE-4.12.0 line 1740 and @master line 1869),
+#: for the same first byte, then in ``hvm_io_intercept()`` from ``hvmemul_do_io()``
+#: (emulate.c @4.6, line 161); port I/O only in the latter. Completion does not scan: the
+#: re-issued request finds STATE_IORESP_READY and jumps to ``finish_access`` (emulate.c
+#: @4.6, lines 130-146).
+SCANS = {"mmio": 2, "pio": 1}
+
+RESUME_NOTE = """Completion on resume (Xen 4.6). ``hvm_vcpu_io_need_completion()`` is
+true for every synchronous request whose data is not a pointer (vcpu.h @4.6, lines 92-96),
+reads and writes alike; ``handle_mmio()`` then records ``HVMIO_mmio_completion`` (io.c
+@4.6, lines 93-94) and ``handle_pio()`` ``HVMIO_pio_completion`` (io.c line 143-144).
+``hvm_do_resume()`` runs it before the VM entry (hvm.c @4.6, lines 515-528): MMIO re-runs
+``handle_mmio()``, a full second decode and emulation (``mmio_decode_ns`` again); port
+I/O re-runs ``handle_pio()``, its own handling without an instruction to decode
+(``pio_decode_ns`` again). Neither repeats the handler scan or the selection."""
 
 
 class Inbox:
@@ -75,142 +108,244 @@ class Inbox:
         return ev
 
 
+class Wake(simpy.Event):
+    """A sleeping thread's wake-up: fired by whoever gives it work, after a delay.
+
+    One event for the wake-up latency, like the ``Timeout`` it replaces, but the thread
+    decides what to serve only when it runs: ``fire_in`` does what ``simpy.Timeout``'s
+    constructor does (mark the event ok and schedule it ``delay`` ahead).
+    """
+
+    def fire_in(self, delay: float) -> None:
+        self._ok = True
+        self._value = None
+        self.env.schedule(self, NORMAL, delay)
+
+
 class DeviceModelServer:
-    """The device model behind one ioreq server: an inbox and its worker threads."""
+    """The device model behind one ioreq server: its pending work and its threads."""
 
     def __init__(
-        self,
-        sim: Simulation,
-        guest_name: str,
-        server: IoreqServer,
-        config: DeviceModel,
+        self, sim: Simulation, guest_name: str, server_name: str, config: DeviceModel
     ) -> None:
         self.sim = sim
         # The server column of the results, and the prefix of this model's stream names.
-        self.label = f"{guest_name}/{server.name}"
-        self.inbox = Inbox(sim.env)
+        self.label = f"{guest_name}/{server_name}"
+        self.by_index = config.order == "vcpu-index"
+        self.fifo: deque[Trap] = deque()
+        self.pending: dict[int, Trap] = {}  # vCPU index -> its request (vcpu-index order)
+        self.cursor = -1  # the vCPU index served last in the current sweep
+        self.jobs: deque[PpgttJob] = deque()  # PPGTT replacements due (XenGT)
+        self.sleeping: deque[DeviceModelThread] = deque()
         self.wakeup = sim.sampler(config.wakeup, f"{self.label}/wakeup")
         self.service = {
             kind: sim.sampler(config.service.for_kind(kind), f"{self.label}/service/{kind}")
             for kind in ACCESS_KINDS
         }
-        for _ in range(config.workers):
-            sim.env.process(self.worker())
+        self.threads = [DeviceModelThread(self, i) for i in range(config.workers)]
 
-    def worker(self) -> Process:
+    def put(self, trap: Trap) -> None:
+        """An ioreq arrives (the event channel to dom0 was notified)."""
+        if self.by_index:
+            self.pending[trap.vcpu.index] = trap
+        else:
+            self.fifo.append(trap)
+        if self.sleeping:
+            self._wake()
+
+    def put_job(self, job: PpgttJob) -> None:
+        """A PPGTT replacement is due; the guest's next register write triggers it."""
+        self.jobs.append(job)
+
+    def _wake(self) -> None:
+        thread = self.sleeping.popleft()
+        thread.wake.fire_in(self.wakeup())
+
+    def has_work(self) -> bool:
+        return bool(self.fifo or self.pending)
+
+    def take(self) -> Trap:
+        """The next request, in the server's order.
+
+        XenGT's ``vgt_emulation_thread`` (intel/XenGT-Preview-kernel 1728045fed,
+        ``drivers/xen/xengt.c``) sweeps its pending bitmap from vCPU 0 upwards, serving
+        each set bit; a bit set behind the sweep waits for the next sweep, which starts
+        again from vCPU 0 (``wait_event`` returns at once while bits are pending).
+        """
+        if not self.by_index:
+            return self.fifo.popleft()
+        pending = self.pending
+        cursor = self.cursor
+        ahead = [i for i in pending if i > cursor]
+        index = min(ahead) if ahead else min(pending)
+        self.cursor = index
+        return pending.pop(index)
+
+
+class DeviceModelThread(Runner):
+    """One thread of a device model (XenGT's kthread, or QEMU), on a dom0 vCPU."""
+
+    def __init__(self, server: DeviceModelServer, index: int) -> None:
+        super().__init__(f"{server.label}/{index}")
+        self.server = server
+        self.sim = server.sim
+        self.busy = self.sim.new_busy()
+        self.served = 0
+        self.wake = Wake(self.sim.env)
+        self.pool = self.sim.dom0_pool_for(self)
+        self.sim.dm_threads.append(self)
+        self.sim.env.process(self.run())
+
+    def boundary(self) -> Process:
+        """Between two pieces of work: give the dom0 vCPU to a waiter if credit would."""
+        pool = self.pool
+        if pool is not None and pool.should_yield(self):
+            grant = pool.requeue(self)
+            if grant is not None:
+                yield grant
+
+    def run(self) -> Process:
         env = self.sim.env
-        inbox = self.inbox
-        dom0 = self.sim.dom0
-        wakeup, service = self.wakeup, self.service
+        server = self.server
+        pool = self.pool
+        service = server.service
+        busy = self.busy
         while True:
-            if inbox.items:
-                trap = inbox.items.popleft()
-                delay = service[trap.kind]()
-            else:
-                # The thread went idle: the event-channel IRQ has to wake it.
-                trap = yield inbox.wait()
-                delay = wakeup() + service[trap.kind]()
-            if dom0 is not None:
-                with dom0.request() as req:
-                    yield req
-                    yield env.timeout(delay)
-            else:
-                yield env.timeout(delay)
-            trap.t_served = env.now
-            # Notify back on the vCPU's event channel: its pCPU resumes it.
-            trap.vcpu.pcpu.reply(trap)
+            if not server.has_work():
+                # Sleep; whoever brings work fires the wake-up after the dom0 latency.
+                server.cursor = -1
+                self.wake = Wake(env)
+                server.sleeping.append(self)
+                yield self.wake
+            if pool is not None:
+                grant = pool.acquire(self, woken=True)
+                if grant is not None:
+                    yield grant
+            while server.has_work():
+                trap = server.take()
+                if server.jobs and trap.kind == "mmio" and trap.access.is_write:
+                    # A register write (a context submission) needs a new PPGTT: XenGT
+                    # shadows it, write-protecting its pages, before the write completes.
+                    yield from server.jobs.popleft().run(self)
+                start = env.now
+                yield env.timeout(service[trap.kind]())
+                busy.add(start, env.now)
+                self.served += 1
+                trap.t_served = env.now
+                # Notify back on the vCPU's event channel: its pCPU resumes it.
+                trap.vcpu.pcpu.reply(trap)
+                if server.has_work():
+                    yield from self.boundary()
+            if pool is not None:
+                pool.release(self)
 
 
 class HypervisorCpu:
-    """Xen on one physical CPU: handles exits and resumes of the vCPUs pinned to it.
+    """Xen on one physical CPU: handles the exits of the vCPUs pinned to it.
 
-    A pCPU with one pinned vCPU (the default) is idle whenever that vCPU is blocked, so
-    its resume work can never queue behind anything: a reply then resumes the vCPU at
-    once, with ``t_resumed`` set ``wake + entry`` ahead, and the vCPU folds that delay
-    into its next think time. Same event times, two SimPy events fewer per trap. A pCPU
-    shared by several vCPUs queues replies behind exits, in FIFO order.
+    ``pool`` is None for a pCPU with one pinned vCPU: nothing else runs there. A shared
+    pCPU's vCPUs take turns under its :class:`~sim.model.cpu.CpuPool`.
     """
 
     def __init__(self, sim: Simulation, index: int) -> None:
         self.sim = sim
         self.index = index
         self.inbox = Inbox(sim.env)
-        self.dedicated = True  # set by Simulation once vCPUs are pinned
+        self.pool: CpuPool | None = None  # set by Simulation once vCPUs are pinned
         c = sim.scenario.costs
-        self.wake_resume_ns = c.vcpu_wake_ns + c.vmentry_ns
+        self.resume_ns = {
+            "mmio": c.vcpu_wake_ns + c.mmio_decode_ns + c.vmentry_ns,
+            "pio": c.vcpu_wake_ns + c.pio_decode_ns + c.vmentry_ns,
+        }
         sim.env.process(self.run())
 
     def reply(self, trap: Trap) -> None:
-        """The device model's event-channel notification for ``trap``."""
-        if self.dedicated:
-            trap.t_resumed = self.sim.env.now + self.wake_resume_ns
-            trap.done.succeed()
-        else:
-            self.inbox.put(trap)
-
-    def _resume_after(self, trap: Trap, delay: float) -> Process:
-        """Resume ``trap``'s vCPU after ``delay`` ns of work on this pCPU."""
-        if self.dedicated:
-            trap.t_resumed = self.sim.env.now + delay
-            trap.done.succeed()
-        else:
-            yield self.sim.env.timeout(delay)
-            trap.t_resumed = self.sim.env.now
-            trap.done.succeed()
+        """The device model's event-channel notification for ``trap``: the vCPU wakes."""
+        if self.pool is None:
+            trap.t_resumed = self.sim.env.now + self.resume_ns[trap.access.kind]
+        trap.done.succeed()
 
     def run(self) -> Process:
         env = self.sim.env
         c = self.sim.scenario.costs
-        exit_mmio = c.vmexit_ns + c.mmio_decode_ns
-        exit_pio = c.vmexit_ns + c.pio_decode_ns
-        visit_ns, p2m_ns = c.visit_ns, c.p2m_lookup_ns
-        send_ns, entry_ns = c.ioreq_send_ns, c.vmentry_ns
-        wake_resume_ns = self.wake_resume_ns
+        exit_ns = {
+            "mmio": c.vmexit_ns + c.ept_violation_ns + c.mmio_decode_ns,
+            "pio": c.vmexit_ns + c.pio_decode_ns,
+        }
+        handler_ns = c.handler_check_ns
+        p2m_ns, send_ns, entry_ns = c.p2m_lookup_ns, c.ioreq_send_ns, c.vmentry_ns
+        walk_ns = self.sim.visit_cost.walk_ns
         inbox = self.inbox
         counters = self.sim.recorder.counters
         while True:
             trap = inbox.items.popleft() if inbox.items else (yield inbox.wait())
-            if trap.dm is not None:
-                # Forwarded before, so this is the device model's reply (shared pCPU):
-                # wake the vCPU, hvm_do_resume(), VM entry.
-                yield from self._resume_after(trap, wake_resume_ns)
-                continue
-            # A VM exit. Selection reads the rangesets as of the exit (one event instead
-            # of two; the state can only change by a hypercall in the same ~1.5 us).
+            # A VM exit, handled on this pCPU while the vCPU holds it.
             access = trap.access
             guest = trap.vcpu.guest
-            handler, server, visits, p2m_lookups, _emulators = guest.domain.route_fast(access)
+            kind = access.kind
+            # The internal handlers hvm_io_intercept() walked (sim.xen.intercept); an EPT
+            # violation walks them once more in hvm_mmio_internal() on the NPF path.
+            handler, server, visits, p2m_lookups, checked = guest.domain.route_fast(access)
             trap.visits = visits
-            select_ns = visits * visit_ns + p2m_lookups * p2m_ns
-            exit_ns = exit_mmio if access.kind == "mmio" else exit_pio
-            trap.t_selected = env.now + exit_ns + select_ns
+            before_ns = exit_ns[kind] + SCANS[kind] * checked * handler_ns
+            rangeset = guest.lookup_rangeset(access)
+            nodes = len(rangeset) if rangeset is not None else 0
+            walk = walk_ns(visits, nodes) if visits else 0.0
+            now = env.now
+            wait = 0.0
+            if rangeset is not None and rangeset is guest.page_rangeset:
+                # find_range() under the read lock; a map/unmap holding it makes us spin.
+                t_lock = now + before_ns
+                wait = guest.page_lock.read(t_lock, walk) - t_lock
+            work = before_ns + wait + walk + p2m_lookups * p2m_ns
+            trap.t_selected = now + work
             dm = guest.device_models.get(handler) if server is not None else None
             if dm is None:
-                # Null handler (reads ~0, writes dropped) or a p2m_ioreq_server read that
-                # Xen emulates from RAM: no ioreq, the vCPU re-enters at once.
+                # Null handler (reads ~0, writes dropped) or a read Xen emulates itself
+                # (p2m_ioreq_server page): no ioreq, no completion; re-enter at once.
                 trap.handler = f"{guest.name}/{handler}"
                 counters.null_handled += handler == "none"
+                # The vCPU keeps its pCPU throughout, so the work is folded into its next
+                # run, shared pCPU or not.
                 trap.t_served = trap.t_selected
-                yield from self._resume_after(trap, exit_ns + select_ns + entry_ns)
+                trap.t_resumed = now + work + entry_ns
+                trap.done.succeed()
                 continue
             trap.handler = dm.label
             trap.dm = dm
             # Copy the ioreq into the shared page and notify; the vCPU blocks in Xen.
-            yield env.timeout(exit_ns + select_ns + send_ns)
-            dm.inbox.put(trap)
+            yield env.timeout(work + send_ns)
+            if self.pool is not None:
+                self.pool.release(trap.vcpu)
+            dm.put(trap)
 
 
-class Vcpu:
+class Vcpu(Runner):
     """A guest vCPU: think, trap, block until resumed, repeat."""
 
     def __init__(self, sim: Simulation, guest: GuestRuntime, index: int, pcpu: HypervisorCpu):
+        super().__init__(f"{guest.name}/vcpu{index}")
         self.sim = sim
         self.guest = guest
         self.index = index
-        self.name = f"{guest.name}/vcpu{index}"
         self.pcpu = pcpu
         self.think, self.workload = guest.vcpu_source(index, self.name)
         sim.env.process(self.run())
+
+    def _run_guest(self, pool: CpuPool, duration: float) -> Process:
+        """Run guest code on a shared pCPU, yielding it to a waiter when credit would."""
+        env = self.sim.env
+        remaining = duration
+        while True:
+            chunk = remaining if remaining <= pool.check_ns else pool.check_ns
+            yield env.timeout(chunk)
+            remaining -= chunk
+            if remaining <= 0:
+                return
+            if pool.should_yield(self):
+                grant = pool.requeue(self)
+                if grant is not None:
+                    yield grant
 
     def run(self) -> Process:
         env = self.sim.env
@@ -219,11 +354,20 @@ class Vcpu:
         domain = self.guest.domain
         recorder = self.sim.recorder
         counters = recorder.counters
-        pcpu_inbox = self.pcpu.inbox
+        pcpu = self.pcpu
+        pool = pcpu.pool
+        pcpu_inbox = pcpu.inbox
         protected = domain.p2m  # gfn -> p2m type, for write-protected pages only
-        resume_delay = 0.0  # a dedicated pCPU resumes us ahead of time; see HypervisorCpu
+        resume_delay = 0.0  # resume work done before guest code; see HypervisorCpu
+        if pool is not None:
+            grant = pool.acquire(self, woken=False)
+            if grant is not None:
+                yield grant
         while True:
-            yield env.timeout(resume_delay + think())
+            if pool is None:
+                yield env.timeout(resume_delay + think())
+            else:
+                yield from self._run_guest(pool, resume_delay + think())
             resume_delay = 0.0
             kind, access = workload.next()
             if access is None:
@@ -235,82 +379,11 @@ class Vcpu:
             trap = Trap(self, kind, access, env.now, env.event())
             pcpu_inbox.put(trap)
             yield trap.done
+            if pool is not None and trap.dm is not None:
+                # Woken by the reply (BOOST): wait for the pCPU, then resume there.
+                grant = pool.acquire(self, woken=True)
+                if grant is not None:
+                    yield grant
+                trap.t_resumed = env.now + pcpu.resume_ns[access.kind]
             recorder.record(trap)
             resume_delay = trap.t_resumed - env.now
-
-
-class PpgttLifecycle:
-    """The vGPU's PPGTTs: write-protect their pages on create, unprotect on destroy.
-
-    Each page is one map hypercall, as XenGT's ``hvm_wp_page_to_ioreq_server`` did. A
-    PPGTT's hypercalls are applied together when it is created or destroyed; their
-    modelled cost (``hypercall_ns`` + visits x ``visit_ns`` each) is accounted, not
-    charged to a CPU.
-    """
-
-    def __init__(self, sim: Simulation, guest: GuestRuntime) -> None:
-        self.sim = sim
-        self.guest = guest
-        cfg = guest.config.vgpu.ppgtt
-        self.frames = FrameAllocator(
-            guest.config.ram_mb * 256, cfg.contiguity, sim.rng(f"{guest.name}/frames")
-        )
-        n_ppgtts = -(-cfg.live_pages // cfg.pages_per_ppgtt) if cfg.live_pages else 0
-        # Spread live_pages as evenly as possible over the PPGTTs.
-        base, extra = divmod(cfg.live_pages, n_ppgtts) if n_ppgtts else (0, 0)
-        self.sizes = [base + (1 if i < extra else 0) for i in range(n_ppgtts)]
-        self.ppgtts: list[list[int]] = [[] for _ in self.sizes]
-        costs = sim.scenario.costs
-        self.visit_ns, self.hypercall_ns = costs.visit_ns, costs.hypercall_ns
-        for slot in range(n_ppgtts):
-            self.create(slot)
-        if cfg.lifetime_ms is not None:
-            for slot in range(n_ppgtts):
-                sim.env.process(self.churn(slot, cfg.lifetime_ms * NS_PER_MS, n_ppgtts))
-
-    def _hypercall(self, visits: int) -> None:
-        """Account one map/unmap hypercall: its fixed cost plus its rangeset visits."""
-        self.sim.recorder.counters.hypercall_ns += self.hypercall_ns + visits * self.visit_ns
-
-    def create(self, slot: int) -> None:
-        g = self.guest
-        counters = self.sim.recorder.counters
-        self.frames.restart_run()
-        pages = []
-        for _ in range(self.sizes[slot]):
-            gfn = self.frames.allocate()
-            pages.append(gfn)
-            g.live_pages.add(gfn)
-            counters.maps += 1
-            rc, visits = g.domain.write_protect_rc(g.xengt, gfn, gfn)
-            if rc is not None:
-                counters.failed_maps += 1
-                counters.failed_map_errnos[rc] = counters.failed_map_errnos.get(rc, 0) + 1
-            counters.map_visits += visits
-            self._hypercall(visits)
-        self.ppgtts[slot] = pages
-        g.meter.update(g.range_count())
-
-    def destroy(self, slot: int) -> None:
-        g = self.guest
-        counters = self.sim.recorder.counters
-        for gfn in self.ppgtts[slot]:
-            g.live_pages.remove(gfn)
-            if g.domain.is_write_protected(gfn):
-                counters.unmaps += 1
-                rc, visits = g.domain.unprotect_rc(g.xengt, gfn, gfn)
-                if rc is not None:
-                    counters.failed_unmaps += 1
-                self._hypercall(visits)
-            self.frames.release(gfn)
-        self.ppgtts[slot] = []
-        g.meter.update(g.range_count())
-
-    def churn(self, slot: int, lifetime_ns: float, n_slots: int) -> Process:
-        env = self.sim.env
-        # Stagger the slots so that PPGTTs are not all replaced at the same instant.
-        yield env.timeout(lifetime_ns * (slot + 1) / n_slots)
-        while True:
-            self.destroy(slot)
-            self.create(slot)
-            yield env.timeout(lifetime_ns)

@@ -133,6 +133,22 @@ class RangeCountMeter:
 
 
 @dataclass
+class Usage:
+    """Busy time (ns, inside the measured window) of each CPU and device-model thread.
+
+    ``dom0_vcpus`` is empty when every thread has a dom0 vCPU of its own (then a
+    thread's busy time is its vCPU's); ``pcpus`` lists shared physical CPUs only.
+    ``threads`` holds (name, busy ns, requests served); ``locks`` each guest's
+    rangeset-lock waits.
+    """
+
+    dom0_vcpus: list[tuple[str, float]]
+    threads: list[tuple[str, float, int]]
+    pcpus: list[tuple[str, float]]
+    locks: dict[str, dict[str, float]]
+
+
+@dataclass
 class RunResult:
     """What a run produced: grouped samples, counters and timings (plain records)."""
 
@@ -142,3 +158,4 @@ class RunResult:
     measured_ns: float
     wall_s: float
     ranges: dict[str, dict[str, float]]
+    usage: Usage

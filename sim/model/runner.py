@@ -11,7 +11,7 @@ from typing import Any, TextIO
 
 from sim.model.recorder import RunResult, Trap
 from sim.model.replay import ReplayOpener
-from sim.model.scenario import Scenario
+from sim.model.scenario import Scenario, guest_instances
 from sim.model.simulation import Simulation
 from sim.model.summary import manifest, summarize, summary_csv, totals
 from sim.results import atomic_directory, dump_json, write_text_atomic
@@ -149,6 +149,12 @@ POINT_COLUMNS = (
     "failed_maps",
     "untracked_ppgtt_writes",
     "throughput_per_s",
+    "vgpus",
+    "dom0_util_mean",
+    "dom0_util_max",
+    "dom0_busy_cpus",
+    "dm_util_max",
+    "lock_wait_ns",
 )
 
 
@@ -159,12 +165,18 @@ def run_point(config: dict[str, Any], seed: int, base_dir: str) -> dict[str, Any
     ``wp_pages`` is the write-protected page count the scenario asks for (summed over
     guests); ``ranges`` is the XenGT servers' time-averaged rangeset node count during
     the measured part of the run (summed over guests), ``ranges_max`` its maximum.
+    ``vgpus`` counts the guests (each has a vGPU); the ``dom0_*`` columns are dom0's
+    vCPU utilisation (mean, busiest, and the sum in CPUs' worth), ``dm_util_max`` the
+    busiest device-model thread's, ``lock_wait_ns`` the mean time a trap spun on a
+    rangeset lock held by a map or unmap.
     """
     scenario = Scenario.model_validate(config, strict=False)
     tot = totals(run_in_memory(scenario, seed, Path(base_dir)))
     stats = tot["overall"]
+    use = tot["cpu_use"]
+    instances = guest_instances(scenario)
     return {
-        "wp_pages": sum(g.vgpu.ppgtt.live_pages for g in scenario.guests),
+        "wp_pages": sum(g.vgpu.ppgtt.live_pages for g, _ in instances),
         "ranges": sum(r["mean"] for r in tot["ranges"].values()),
         "ranges_max": sum(r["max"] for r in tot["ranges"].values()),
         "accesses": tot["accesses"],
@@ -175,4 +187,10 @@ def run_point(config: dict[str, Any], seed: int, base_dir: str) -> dict[str, Any
         "failed_maps": tot["failed_maps"],
         "untracked_ppgtt_writes": tot["untracked_ppgtt_writes"],
         "throughput_per_s": tot["throughput_per_s"],
+        "vgpus": len(instances),
+        "dom0_util_mean": use["dom0_mean"],
+        "dom0_util_max": use["dom0_max"],
+        "dom0_busy_cpus": use["dom0_busy_cpus"],
+        "dm_util_max": max(use["threads"].values(), default=0.0),
+        "lock_wait_ns": tot["lock_wait_per_trap_ns"],
     }

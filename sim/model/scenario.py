@@ -28,17 +28,22 @@ from pydantic import (
 )
 
 from sim.inputs import InputError, StrictModel, load_yaml, set_keypath, validate
+from sim.model.costs import Costs
+from sim.model.device_models import (
+    QemuDeviceModel,
+    XengtDeviceModel,
+    xengt_service,
+)
 from sim.model.devices import Device, Replay, check_devices, conflicting_guest_keys
 from sim.model.dists import (
-    AnyDist,
     Dist,
     EmpiricalDist,
     NonNeg,
     Positive,
     expo,
-    lognorm,
     read_empirical,
 )
+from sim.model.host import Host
 from sim.xen.abi import parse_pci_slot
 from sim.xen.profiles import VERSIONS, Design, resolve
 
@@ -111,110 +116,6 @@ class XenConfig(StrictModel):
         return {**data, "version": prof.name, "design": chosen.value}
 
 
-class Costs(StrictModel):
-    """Hypervisor-side cost of each step of a trap, in ns; every one may be set to 0."""
-
-    vmexit_ns: NonNeg = Field(
-        350,
-        description="[PUB] half of a 0.7 us exit+entry round trip (SplitX: ~2,000 cycles "
-        "on Nehalem; cost-anchors §1.3). The even split is an [ASSUMPTION].",
-    )
-    vmentry_ns: NonNeg = Field(350, description="[PUB] the other half; see vmexit_ns.")
-    mmio_decode_ns: NonNeg = Field(
-        1100,
-        description="[PUB] instruction decode + emulation ~3,300 cycles (kvm-unit-tests "
-        "00bfecaa, cost-anchors §1.3). Charged to MMIO and PPGTT-write exits.",
-    )
-    pio_decode_ns: NonNeg = Field(
-        300,
-        description="[ASSUMPTION] an I/O-instruction exit carries port and size in the "
-        "exit qualification, so it needs far less decoding than MMIO.",
-    )
-    visit_ns: NonNeg = Field(
-        15,
-        description="[PUB]+[HERE] one rangeset node visit, a dependent load that hits a "
-        "warm L3 (cost-anchors §1.5: 1 ns L1 .. 170 ns DRAM).",
-    )
-    p2m_lookup_ns: NonNeg = Field(
-        50,
-        description="[ASSUMPTION] get_page_from_gfn()/p2m type query on the selection "
-        "path (wp-split and p2m-ioreq-server designs).",
-    )
-    ioreq_send_ns: NonNeg = Field(
-        500,
-        description="[ASSUMPTION] copy the ioreq into the shared page and "
-        "notify_via_xen_event_channel(); part of the ~10 us round trip (cost-anchors §1.4).",
-    )
-    vcpu_wake_ns: NonNeg = Field(
-        1000,
-        description="[ASSUMPTION] event channel back from dom0, unblock and reschedule the "
-        "vCPU, hvm_do_resume(); part of the ~10 us round trip (cost-anchors §1.4).",
-    )
-    hypercall_ns: NonNeg = Field(
-        1000,
-        description="[ASSUMPTION] fixed cost of one map/unmap hypercall from dom0, on top "
-        "of its rangeset visits.",
-    )
-
-
-class Host(StrictModel):
-    pcpus: Annotated[int, Field(ge=1)] | None = Field(
-        None,
-        description="[ASSUMPTION] physical CPUs that handle exits and resumes; guest vCPUs "
-        "are pinned round-robin. null: one pCPU per guest vCPU (no contention).",
-    )
-    dom0_vcpus: Annotated[int, Field(ge=1)] | None = Field(
-        None,
-        description="dom0 vCPUs shared by all device-model threads of all guests (gVirt "
-        "ran 7 vGPUs, gScale 15: cost-anchors §1.6). null: each thread has its own.",
-    )
-    tsc_hz: Annotated[float, Field(ge=1e8, le=1e11)] = Field(
-        2.8e9,
-        description="[TRACE] the host's TSC rate, in Hz: the clock of a --xentrace capture "
-        "(~2.798 GHz calibrated from a real capture's scheduler records, cost-anchors §6).",
-    )
-
-
-class ServiceTimes(StrictModel):
-    """Device-model service time per trap kind; kinds not given use ``default``."""
-
-    default: Dist
-    mmio: Dist | None = None
-    pio: Dist | None = None
-    ppgtt_write: Dist | None = None
-    other: Dist | None = None
-
-    def for_kind(self, kind: str) -> AnyDist:
-        chosen = getattr(self, kind)
-        return chosen if chosen is not None else self.default
-
-
-class DeviceModel(StrictModel):
-    workers: Annotated[int, Field(ge=1)] = Field(
-        1,
-        description="[CODE] threads serving this server's ioreqs; GVT-g's xengt.c runs one "
-        "emulation kthread per vGPU (xengt_emulation_thread).",
-    )
-    wakeup: Dist = Field(
-        default_factory=lambda: expo(4000),
-        description="[ASSUMPTION] dom0 wake-up of an idle worker (event-channel IRQ to "
-        "kthread), charged only when the worker was idle. Mean anchored on KVM's extra "
-        "~13,000 cycles to reach a user-space device model (kvm-unit-tests 00bfecaa).",
-    )
-    service: ServiceTimes
-
-
-def _xengt_service() -> ServiceTimes:
-    return ServiceTimes(
-        default=lognorm(2000, 0.5),  # [ASSUMPTION] register emulation in the kernel
-        ppgtt_write=lognorm(3000, 0.5),  # [ASSUMPTION] a shadow PTE update costs more
-    )
-
-
-def _qemu_service() -> ServiceTimes:
-    return ServiceTimes(default=lognorm(5000, 0.5))  # [ASSUMPTION] user-space QEMU
-
-
 class Ppgtt(StrictModel):
     live_pages: Annotated[int, Field(ge=0)] = Field(
         description="Page-table pages write-protected per vGPU at steady state; from the "
@@ -263,8 +164,8 @@ class Vgpu(StrictModel):
         0.5, description="[ASSUMPTION] share of register MMIO traps that are reads."
     )
     ppgtt: Ppgtt
-    device_model: DeviceModel = Field(
-        default_factory=lambda: DeviceModel(service=_xengt_service()),
+    device_model: XengtDeviceModel = Field(
+        default_factory=lambda: XengtDeviceModel(service=xengt_service()),
         description="The XenGT ioreq server's device model.",
     )
 
@@ -299,8 +200,19 @@ class Mix(StrictModel):
         return self
 
 
+#: Guests one entry may stand for: gVirt ran 7 vGPUs on a host and gScale 15 ([PUB],
+#: cost-anchors §1.6); 64 leaves room for what-if studies while keeping a run's size sane.
+MAX_GUEST_COUNT = 64
+
+
 class Guest(StrictModel):
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
+    count: Annotated[int, Field(ge=1, le=MAX_GUEST_COUNT)] = Field(
+        1,
+        description="Identical guests this entry stands for, each a domain of its own with "
+        "its own vGPU, device models and random streams, named <name>-1 .. <name>-N when "
+        "N > 1. At most 64 (gVirt ran 7 vGPUs per host, gScale 15: cost-anchors §1.6).",
+    )
     vcpus: Annotated[int, Field(ge=1)] = 1
     think: Dist = Field(
         default_factory=lambda: expo(50_000),
@@ -315,8 +227,8 @@ class Guest(StrictModel):
     )
     vgpu: Vgpu
     other_devices: OtherDevices = Field(default_factory=OtherDevices)
-    qemu: DeviceModel = Field(
-        default_factory=lambda: DeviceModel(service=_qemu_service()),
+    qemu: QemuDeviceModel = Field(
+        default_factory=QemuDeviceModel,
         description="QEMU, the default ioreq server.",
     )
     # Optional keys (sim.model.devices, sim.model.replay): left out of the effective
@@ -372,7 +284,7 @@ class Scenario(StrictModel):
     max_accesses: Annotated[int, Field(ge=1)] | None = None
     xen: XenConfig = Field(default_factory=XenConfig)
     costs: Costs = Field(default_factory=Costs)
-    host: Host = Field(default_factory=Host)
+    host: Host = Field(description="The host; host.cpu comes from the platform preset.")
     guests: Annotated[list[Guest], Field(min_length=1)]
 
     @model_validator(mode="after")
@@ -384,6 +296,14 @@ class Scenario(StrictModel):
         names = [g.name for g in self.guests]
         if len(set(names)) != len(names):
             raise ValueError(f"guest names must be unique, got {names}")
+        seen: set[str] = set()
+        for guest, name in guest_instances(self):
+            if name in seen:
+                raise ValueError(
+                    f"guest {guest.name!r} with count {guest.count} names a guest {name!r}, "
+                    "which another entry also names; rename one"
+                )
+            seen.add(name)
         return self
 
     def config(self) -> dict[str, Any]:
@@ -395,9 +315,22 @@ class Scenario(StrictModel):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def guest_instances(scenario: Scenario) -> list[tuple[Guest, str]]:
+    """Every guest domain of a scenario with its name: an entry with ``count: N`` > 1
+    gives N domains named ``<name>-1`` .. ``<name>-N``."""
+    out: list[tuple[Guest, str]] = []
+    for g in scenario.guests:
+        if g.count == 1:
+            out.append((g, g.name))
+        else:
+            out.extend((g, f"{g.name}-{i}") for i in range(1, g.count + 1))
+    return out
+
+
 # -- presets and overrides ------------------------------------------------------------------
 def load_preset(platform: str) -> dict[str, Any]:
-    """The preset's values (``sim/model/presets/<platform>.yaml``), to merge under a guest."""
+    """The preset's values (``sim/model/presets/<platform>.yaml``): ``ppgtt`` merges under
+    each guest's ``vgpu``, ``cpu`` under ``host``."""
     data = yaml.safe_load((PRESET_DIR / f"{platform}.yaml").read_text(encoding="utf-8"))
     assert isinstance(data, dict)
     return data
@@ -415,19 +348,25 @@ def _merge_under(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 
 
 def expand(raw: Any, file: str | Path) -> dict[str, Any]:
-    """Fill the name and merge the platform preset under each guest, before validation."""
+    """Fill the name and merge the platform preset under each guest and the host, before
+    validation."""
     if not isinstance(raw, dict):
         raise InputError(file, "(top level)", "a scenario must be a mapping of keys")
     data = copy.deepcopy(raw)
     data.setdefault("name", Path(file).stem)
     platform = data.get("platform")
+    if platform not in PLATFORMS:
+        return data
+    preset = load_preset(platform)
     guests = data.get("guests")
-    if platform in PLATFORMS and isinstance(guests, list):
-        preset = load_preset(platform)
+    if isinstance(guests, list):
         data["guests"] = [
             _merge_under({"vgpu": {"ppgtt": preset["ppgtt"]}}, g) if isinstance(g, dict) else g
             for g in guests
         ]
+    host = data.get("host", {})
+    if isinstance(host, dict):
+        data["host"] = _merge_under({"cpu": preset["cpu"]}, host)
     return data
 
 

@@ -1,8 +1,9 @@
-"""The model wired in one place: one scenario and seed -> guests, pCPUs, device models.
+"""The model wired in one place: one scenario and seed -> guests, CPUs, device models.
 
 :class:`Simulation` builds every process of :mod:`sim.model.processes` for a validated
 :class:`~sim.model.scenario.Scenario` and runs it; :class:`GuestRuntime` holds one guest
-domain's ioreq state (:class:`sim.xen.ioreq.IoreqDomain`), its servers and its vCPUs.
+domain's ioreq state (:class:`sim.xen.ioreq.IoreqDomain`), its servers and its vCPUs. A
+guest entry with ``count: N`` becomes N domains named ``<name>-1`` .. ``<name>-N``.
 """
 
 from __future__ import annotations
@@ -15,23 +16,28 @@ from typing import Any, Protocol
 import simpy
 
 from sim.inputs import InputError
+from sim.model.cache import VisitCost
+from sim.model.cpu import Busy, Cpu, CpuPool
 from sim.model.devices import DeviceAccessGenerator
 from sim.model.dists import EmpiricalDist, read_empirical
+from sim.model.locks import RwLockTimeline
+from sim.model.ppgtt import PpgttLifecycle
 from sim.model.processes import (
     NS_PER_MS,
     DeviceModelServer,
+    DeviceModelThread,
     HypervisorCpu,
-    PpgttLifecycle,
     Process,
     Vcpu,
 )
-from sim.model.recorder import RangeCountMeter, Recorder, RunResult, Trap
+from sim.model.recorder import RangeCountMeter, Recorder, RunResult, Trap, Usage
 from sim.model.replay import CaptureAccesses, ReplayOpener, ReplayVcpu
-from sim.model.scenario import Guest, Scenario
+from sim.model.scenario import Guest, Scenario, guest_instances
 from sim.model.streams import make_sampler, stream
 from sim.model.workload import AccessGenerator, LivePages
-from sim.xen.abi import RangeType, parse_pci_slot
+from sim.xen.abi import PAGE_SHIFT, RangeType, parse_pci_slot
 from sim.xen.ioreq import Access, Design, HypercallError, IoreqDomain
+from sim.xen.rangeset import Rangeset
 
 
 class Workload(Protocol):
@@ -43,13 +49,14 @@ class Workload(Protocol):
 class GuestRuntime:
     """One guest domain: its ioreq servers, device models, vCPUs and PPGTTs."""
 
-    def __init__(self, sim: Simulation, config: Guest, first_pcpu: int) -> None:
+    def __init__(self, sim: Simulation, config: Guest, name: str, first_pcpu: int) -> None:
         self.sim = sim
         self.config = config
-        self.name = config.name
+        self.name = name
         x = sim.scenario.xen
+        self.design = Design(x.design)
         self.domain = IoreqDomain(
-            design=Design(x.design),
+            design=self.design,
             impl=x.rangeset,
             max_nr_io_ranges=x.max_nr_io_ranges,
             version=x.version,
@@ -75,16 +82,26 @@ class GuestRuntime:
                 ) from None
         sbdf = parse_pci_slot(v.pci).sbdf
         self.domain.map_io_range(self.xengt, RangeType.PCI, sbdf, sbdf)
+        sets = self.xengt.rangesets
+        self.memory_rangeset = sets[RangeType.MEMORY]
+        self.port_rangeset = sets[RangeType.PORT]
+        # The rangeset the PPGTT maps write, and its lock; none under p2m-ioreq-server.
+        self.page_rangeset: Rangeset | None = {
+            Design.XEN_46: sets[RangeType.MEMORY],
+            Design.WP_SPLIT: sets.get(RangeType.WP_MEM),
+            Design.P2M_IOREQ_SERVER: None,
+        }[self.design]
+        self.page_lock = RwLockTimeline()
         self.device_models = {
-            "qemu": DeviceModelServer(sim, self.name, qemu, config.qemu),
-            "xengt": DeviceModelServer(sim, self.name, self.xengt, v.device_model),
+            "qemu": DeviceModelServer(sim, name, "qemu", config.qemu),
+            "xengt": DeviceModelServer(sim, name, "xengt", v.device_model),
         }
         self.live_pages = LivePages()
         self.meter = RangeCountMeter(sim.env, sim.warmup_ns)
         self.ppgtt = PpgttLifecycle(sim, self)
         self.meter.at_start = self.range_count()
         self.replay = self._open_replay() if config.replay is not None else None
-        kind_rng, addr_rng = sim.rng(f"{self.name}/mix"), sim.rng(f"{self.name}/addr")
+        kind_rng, addr_rng = sim.rng(f"{name}/mix"), sim.rng(f"{name}/addr")
         self.workload: Workload = (
             DeviceAccessGenerator(config.devices, self.live_pages.gfns, kind_rng, addr_rng)
             if config.devices is not None
@@ -128,6 +145,27 @@ class GuestRuntime:
         think = g.vcpu_think[index] if g.vcpu_think is not None else g.think
         return self.sim.sampler(think, f"{name}/think"), self.workload
 
+    def page_nodes(self) -> int:
+        """Nodes of the rangeset the page maps walk (0 under p2m-ioreq-server)."""
+        r = self.page_rangeset
+        return len(r) if r is not None else 0
+
+    def lookup_rangeset(self, access: Access) -> Rangeset | None:
+        """The XenGT rangeset an access's selection reads, whose lock it takes.
+
+        As ``hvm_select_ioreq_server()`` (hvm.c @4.6, lines 2519-2605) picks it: PORT
+        for port I/O (the model's workload never sends a CF8/CFC config cycle), MEMORY
+        for MMIO; under wp-split a write-protected page's WP_MEM (f5a32c5b8e); under
+        p2m-ioreq-server such a page is routed by its p2m type, with no lookup.
+        """
+        if access.kind == "pio":
+            return self.port_rangeset
+        if self.design is Design.XEN_46:
+            return self.memory_rangeset
+        if (access.addr >> PAGE_SHIFT) in self.domain.p2m:
+            return self.page_rangeset
+        return self.memory_rangeset
+
 
 def xengt_ranges(guest: Guest) -> list[tuple[RangeType, int, int]]:
     """The port and MMIO ranges XenGT's server claims for a guest: its vGPU's BAR0 and
@@ -144,7 +182,12 @@ def xengt_ranges(guest: Guest) -> list[tuple[RangeType, int, int]]:
 
 
 class Simulation:
-    """Builds the model for one scenario and seed, and runs it."""
+    """Builds the model for one scenario and seed, and runs it.
+
+    ``fast_path=False`` puts even a pCPU with one vCPU under a scheduler, and every
+    device-model thread on a dom0 vCPU of its own under one: the tests check that this
+    changes no event time, only the number of SimPy events.
+    """
 
     def __init__(
         self,
@@ -153,6 +196,7 @@ class Simulation:
         base_dir: str | Path = ".",
         trace: Callable[[Trap], None] | None = None,
         replay_opener: ReplayOpener | None = None,
+        fast_path: bool = True,
     ) -> None:
         self.scenario = scenario
         self.replay_opener = replay_opener
@@ -163,23 +207,53 @@ class Simulation:
         self.end_ns = scenario.duration_ms * NS_PER_MS
         self.stop = self.env.event()
         self.recorder = Recorder(self.warmup_ns, scenario.max_accesses, self.stop, trace)
-        h = scenario.host
-        n_vcpus = sum(g.vcpus for g in scenario.guests)
-        self.dom0: simpy.Resource | None = (
-            simpy.Resource(self.env, capacity=h.dom0_vcpus) if h.dom0_vcpus else None
+        self.visit_cost = VisitCost(
+            scenario.host.cpu, scenario.xen.rangeset, scenario.costs.visit_ns
         )
+        h = scenario.host
+        instances = guest_instances(scenario)
+        n_vcpus = sum(g.vcpus for g, _ in instances)
+        sched = h.scheduler
+        self.dm_threads: list[DeviceModelThread] = []
+        self.dom0: CpuPool | None = None
+        self.dom0_cpus: list[Cpu] = []
+        if h.dom0_vcpus:
+            self.dom0_cpus = [Cpu(f"dom0/vcpu{i}", self.warmup_ns) for i in range(h.dom0_vcpus)]
+            self.dom0 = CpuPool(self.env, self.dom0_cpus, sched, self.warmup_ns)
+        self._private_dom0 = not fast_path and not h.dom0_vcpus
         self.pcpus = [HypervisorCpu(self, i) for i in range(h.pcpus or n_vcpus)]
+        pinned = [0] * len(self.pcpus)
+        first = 0
+        for g, _ in instances:
+            for i in range(g.vcpus):
+                pinned[(first + i) % len(self.pcpus)] += 1
+            first += g.vcpus
+        self.pcpu_cpus: list[Cpu] = []
+        for pcpu, count in zip(self.pcpus, pinned, strict=True):
+            if count > 1 or not fast_path:
+                cpu = Cpu(f"pcpu{pcpu.index}", self.warmup_ns)
+                self.pcpu_cpus.append(cpu)
+                pcpu.pool = CpuPool(self.env, [cpu], sched, self.warmup_ns)
         self.guests: list[GuestRuntime] = []
         first = 0
-        for g in scenario.guests:
-            self.guests.append(GuestRuntime(self, g, first))
+        for g, name in instances:
+            self.guests.append(GuestRuntime(self, g, name, first))
             first += g.vcpus
-        pinned = [0] * len(self.pcpus)
-        for guest in self.guests:
-            for vcpu in guest.vcpus:
-                pinned[vcpu.pcpu.index] += 1
-        for pcpu, count in zip(self.pcpus, pinned, strict=True):
-            pcpu.dedicated = count <= 1
+
+    def new_busy(self) -> Busy:
+        return Busy(self.warmup_ns)
+
+    def dom0_pool_for(self, thread: DeviceModelThread) -> CpuPool | None:
+        """The dom0 vCPUs a thread runs on: the shared pool, or (``fast_path=False``
+        only) a one-vCPU pool of its own, which behaves like no pool at all."""
+        if self._private_dom0:
+            return CpuPool(
+                self.env,
+                [Cpu(f"dom0/{thread.name}", self.warmup_ns)],
+                self.scenario.host.scheduler,
+                self.warmup_ns,
+            )
+        return self.dom0
 
     def rng(self, name: str) -> Any:
         return stream(self.seed, name)
@@ -222,6 +296,25 @@ class Simulation:
             measured_ns=max(0.0, end - self.warmup_ns),
             wall_s=wall,
             ranges=ranges,
+            usage=self._usage(end),
+        )
+
+    def _usage(self, end: float) -> Usage:
+        """Busy time of every CPU and thread, and the rangeset locks' waits."""
+        threads = [(t.name, t.busy.total(end), t.served) for t in self.dm_threads]
+        locks = {}
+        for g in self.guests:
+            lock = g.page_lock
+            locks[g.name] = {
+                "reader_waits": lock.readers_waited,
+                "reader_wait_ns": lock.reader_wait_ns,
+                "writer_wait_ns": lock.writer_wait_ns,
+            }
+        return Usage(
+            dom0_vcpus=[(c.name, c.busy.total(end)) for c in self.dom0_cpus],
+            threads=threads,
+            pcpus=[(c.name, c.busy.total(end)) for c in self.pcpu_cpus],
+            locks=locks,
         )
 
     def _progress(self, report: Callable[[float, float], None]) -> Process:

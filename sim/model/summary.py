@@ -25,6 +25,7 @@ SUMMARY_COLUMNS = (
     "p99_ns",
     "max_ns",
     "mean_visits",
+    "dm_util",
 )
 
 
@@ -33,9 +34,21 @@ def _fmt(x: float) -> str:
     return f"{x:.1f}"
 
 
+def server_util(result: RunResult) -> dict[str, float]:
+    """Mean utilisation of each device model's threads, by server label (``vm1/xengt``)."""
+    span = result.measured_ns
+    busy: dict[str, list[float]] = {}
+    for name, b, _ in result.usage.threads:
+        busy.setdefault(name.rsplit("/", 1)[0], []).append(b)
+    return {k: sum(v) / (len(v) * span) if span > 0 else 0.0 for k, v in busy.items()}
+
+
 def summarize(result: RunResult) -> list[dict[str, Any]]:
-    """One row per access type x server, in a stable order."""
+    """One row per access type x server, in a stable order, with the utilisation of the
+    server's device-model threads next to the latencies (``dm_util``; empty for Xen's
+    own handlers)."""
     order = {k: i for i, k in enumerate(ACCESS_KINDS)}
+    util = server_util(result)
     rows = []
     for (kind, server), (lat, visits) in sorted(
         result.groups.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0][1])
@@ -54,6 +67,7 @@ def summarize(result: RunResult) -> list[dict[str, Any]]:
                 "p99_ns": float(p99),
                 "max_ns": float(lat_np.max()),
                 "mean_visits": float(vis_np.mean()),
+                "dm_util": util.get(server),
             }
         )
     return rows
@@ -77,9 +91,40 @@ def overall(result: RunResult) -> dict[str, float]:
     }
 
 
+def cpu_use(result: RunResult) -> dict[str, Any]:
+    """Utilisation (busy share of the measured window) of every dom0 vCPU, device-model
+    thread and shared pCPU: the cost a guest's traps put on the host.
+
+    ``dom0_vcpus`` lists the shared pool (``host.dom0_vcpus``); without one each thread
+    has a dom0 vCPU of its own, so its utilisation is the thread's. ``dom0_mean`` and
+    ``dom0_max`` summarise dom0's vCPUs either way; ``dom0_busy_cpus`` is dom0's total
+    busy time in CPUs' worth (the sum of its vCPUs' utilisation).
+    """
+    span = result.measured_ns
+    u = result.usage
+
+    def share(busy: float) -> float:
+        return busy / span if span > 0 else 0.0
+
+    threads = {name: share(busy) for name, busy, _ in u.threads}
+    pool = {name: share(busy) for name, busy in u.dom0_vcpus}
+    dom0 = list(pool.values()) if pool else list(threads.values())
+    return {
+        "dom0_vcpus": pool,
+        "threads": threads,
+        "served": {name: served for name, _, served in u.threads},
+        "pcpus": {name: share(busy) for name, busy in u.pcpus},
+        "dom0_mean": sum(dom0) / len(dom0) if dom0 else 0.0,
+        "dom0_max": max(dom0, default=0.0),
+        "dom0_busy_cpus": sum(dom0),
+    }
+
+
 def totals(result: RunResult) -> dict[str, Any]:
     c = result.counters
     measured_s = result.measured_ns / 1e9
+    locks = result.usage.locks
+    waits = sum(v["reader_wait_ns"] for v in locks.values())
     return {
         "accesses": c.accesses,
         "traps_including_warmup": c.traps_total,
@@ -97,6 +142,9 @@ def totals(result: RunResult) -> dict[str, Any]:
         "null_handled": c.null_handled,
         "ranges": result.ranges,
         "overall": overall(result),
+        "cpu_use": cpu_use(result),
+        "locks": locks,
+        "lock_wait_per_trap_ns": waits / c.traps_total if c.traps_total else 0.0,
     }
 
 
@@ -112,6 +160,7 @@ def summary_csv(rows: list[dict[str, Any]]) -> str:
                 r["count"],
                 *(_fmt(r[k]) for k in ("mean_ns", "p50_ns", "p90_ns", "p99_ns", "max_ns")),
                 f"{r['mean_visits']:.3f}",
+                "" if r["dm_util"] is None else f"{r['dm_util']:.4f}",
             ]
         )
     return buf.getvalue()
@@ -153,13 +202,14 @@ def correctness_warning(tot: dict[str, Any]) -> str | None:
 def format_table(rows: list[dict[str, Any]], tot: dict[str, Any]) -> str:
     """A short human-readable table of a run (latencies in microseconds)."""
     head = f"{'access':<12} {'server':<16} {'count':>8} {'mean_us':>9} {'p50_us':>9} "
-    head += f"{'p99_us':>9} {'max_us':>9} {'visits':>8}"
+    head += f"{'p99_us':>9} {'max_us':>9} {'visits':>8} {'dm_util':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
+        util = "" if r["dm_util"] is None else f"{100 * r['dm_util']:.1f}%"
         lines.append(
             f"{r['access_type']:<12} {r['server']:<16} {r['count']:>8} "
             f"{r['mean_ns'] / 1e3:>9.2f} {r['p50_ns'] / 1e3:>9.2f} {r['p99_ns'] / 1e3:>9.2f} "
-            f"{r['max_ns'] / 1e3:>9.2f} {r['mean_visits']:>8.1f}"
+            f"{r['max_ns'] / 1e3:>9.2f} {r['mean_visits']:>8.1f} {util:>8}"
         )
     ranges = "; ".join(
         f"{g}: mean {v['mean']:.0f} max {v['max']:.0f}" for g, v in tot["ranges"].items()
@@ -171,4 +221,25 @@ def format_table(rows: list[dict[str, Any]], tot: dict[str, Any]) -> str:
         f"maps {tot['maps']} (failed {tot['failed_maps']}), "
         f"untracked PPGTT writes {tot['untracked_ppgtt_writes']}"
     )
+    use = tot["cpu_use"]
+    busiest = sorted(use["threads"].items(), key=lambda kv: -kv[1])[:4]
+    threads = ", ".join(f"{name} {100 * v:.1f}%" for name, v in busiest)
+    where = (
+        f"{len(use['dom0_vcpus'])} shared dom0 vCPUs"
+        if use["dom0_vcpus"]
+        else ("a dom0 vCPU per thread")
+    )
+    lines.append(
+        f"dom0 ({where}): mean {100 * use['dom0_mean']:.1f}%, "
+        f"max {100 * use['dom0_max']:.1f}%, {use['dom0_busy_cpus']:.2f} CPUs busy; "
+        f"busiest device-model threads: {threads}"
+    )
+    if use["pcpus"]:
+        pcpus = ", ".join(f"{n} {100 * v:.1f}%" for n, v in use["pcpus"].items())
+        lines.append(f"shared pCPUs: {pcpus}")
+    if tot["lock_wait_per_trap_ns"]:
+        lines.append(
+            f"rangeset lock: traps waited {tot['lock_wait_per_trap_ns']:.1f} ns each on "
+            "average for a map/unmap holding the write lock"
+        )
     return "\n".join(lines)

@@ -1,0 +1,163 @@
+"""A vGPU's PPGTTs: write-protected on creation, unprotected on destruction, by dom0.
+
+XenGT write-protects every page-table page of a shadowed PPGTT with one map hypercall
+(``hvm_map_io_range_to_ioreq_server``) and one ``HVMOP_set_mem_type``
+(``hvm_wp_page_to_ioreq_server``, intel/XenGT-Preview-kernel 1728045fed,
+``drivers/xen/xengt.c``), from the shadowing code of its device model: the vGPU's
+emulation thread, in dom0. A PPGTT's creation is therefore a burst of hundreds of
+hypercalls on a dom0 vCPU, one after another, and each map holds the rangeset's write
+lock for the two ``find_range`` walks of ``rangeset_add_range`` (after the overlap check
+under the read lock; ``hvm_map_io_range_to_ioreq_server``, hvm.c @4.6, lines 1273-1277;
+an unmap likewise checks under the read lock and removes under the write lock). Traps
+of that guest that look the rangeset up meanwhile wait (:mod:`sim.model.locks`).
+
+A replacement (destroy the old PPGTT, create a new one) falls due every ``lifetime_ms``
+per PPGTT; the guest's next register write to the vGPU (a context submission) triggers
+it, and XenGT's thread runs its hypercalls, one SimPy timeout each, before it completes
+that write: the write's latency includes the burst, and the thread serves nobody else
+meanwhile. PPGTTs live at the start were built before the measured window opens and
+cost nothing. When ``max_nr_io_ranges`` is spent a map fails with ``-ENOMEM`` as in
+Xen, the page keeps its RAM type, and guest writes to it are not trapped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from sim.model.processes import NS_PER_MS, Process
+from sim.model.workload import FrameAllocator
+
+if TYPE_CHECKING:
+    from sim.model.processes import DeviceModelThread
+    from sim.model.simulation import GuestRuntime, Simulation
+
+#: Refusals found by the read-locked check alone (no write lock is taken).
+READ_ONLY_REFUSALS = frozenset({"EEXIST", "ENOENT", "EINVAL", "EBUSY"})
+#: find_range walks of a map or unmap: the check (read lock), then add/remove's two.
+WALKS = 3
+
+
+class PpgttJob:
+    """Replace one PPGTT: unmap its pages, then map a new one's (a dom0 burst)."""
+
+    def __init__(self, lifecycle: PpgttLifecycle, slot: int) -> None:
+        self.lifecycle = lifecycle
+        self.slot = slot
+        self.done = lifecycle.sim.env.event()
+
+    def run(self, thread: DeviceModelThread) -> Process:
+        env = self.lifecycle.sim.env
+        for step in self.lifecycle.replace_steps(self.slot):
+            start = env.now
+            yield env.timeout(step())
+            thread.busy.add(start, env.now)
+            # Back from a hypercall: where dom0's kernel may switch to another thread.
+            yield from thread.boundary()
+        self.done.succeed()
+
+
+class PpgttLifecycle:
+    """The vGPU's PPGTTs and the hypercalls that protect their pages."""
+
+    def __init__(self, sim: Simulation, guest: GuestRuntime) -> None:
+        self.sim = sim
+        self.guest = guest
+        cfg = guest.config.vgpu.ppgtt
+        self.frames = FrameAllocator(
+            guest.config.ram_mb * 256, cfg.contiguity, sim.rng(f"{guest.name}/frames")
+        )
+        n_ppgtts = -(-cfg.live_pages // cfg.pages_per_ppgtt) if cfg.live_pages else 0
+        # Spread live_pages as evenly as possible over the PPGTTs.
+        base, extra = divmod(cfg.live_pages, n_ppgtts) if n_ppgtts else (0, 0)
+        self.sizes = [base + (1 if i < extra else 0) for i in range(n_ppgtts)]
+        self.ppgtts: list[list[int]] = [[] for _ in self.sizes]
+        self.hypercall_ns = sim.scenario.costs.hypercall_ns
+        for slot in range(n_ppgtts):
+            self.frames.restart_run()
+            for _ in range(self.sizes[slot]):
+                self.map_page(slot, costed=False)
+        guest.meter.update(guest.range_count())
+        if cfg.lifetime_ms is not None:
+            for slot in range(n_ppgtts):
+                sim.env.process(self.churn(slot, cfg.lifetime_ms * NS_PER_MS, n_ppgtts))
+
+    # -- one hypercall each ----------------------------------------------------------
+    def _duration(self, rc: str | None, visits: int, nodes: int) -> float:
+        """Host time of one map/unmap hypercall issued now, its lock wait included.
+
+        The check walks under the read lock (only this thread writes the rangeset, so it
+        never waits); add/remove walk twice under the write lock, after the readers
+        already inside have left.
+        """
+        g = self.guest
+        cost = self.sim.visit_cost
+        if g.page_rangeset is None or visits == 0:
+            return self.hypercall_ns
+        if rc in READ_ONLY_REFUSALS:
+            return self.hypercall_ns + cost.walk_ns(visits, nodes)
+        walks = cost.walks_ns(visits, nodes, WALKS)
+        read_ns = walks / WALKS
+        write_ns = walks - read_ns
+        now = self.sim.env.now
+        t_write = now + self.hypercall_ns + read_ns
+        start = g.page_lock.write(t_write, write_ns)
+        return start + write_ns - now
+
+    def map_page(self, slot: int, costed: bool = True) -> float:
+        g = self.guest
+        counters = self.sim.recorder.counters
+        gfn = self.frames.allocate()
+        self.ppgtts[slot].append(gfn)
+        g.live_pages.add(gfn)
+        nodes = g.page_nodes()
+        rc, visits = g.domain.write_protect_rc(g.xengt, gfn, gfn)
+        counters.maps += 1
+        if rc is not None:
+            counters.failed_maps += 1
+            counters.failed_map_errnos[rc] = counters.failed_map_errnos.get(rc, 0) + 1
+        counters.map_visits += visits
+        if not costed:
+            return 0.0
+        duration = self._duration(rc, visits, nodes)
+        counters.hypercall_ns += duration
+        g.meter.update(g.range_count())
+        return duration
+
+    def unmap_page(self, gfn: int) -> float:
+        g = self.guest
+        counters = self.sim.recorder.counters
+        g.live_pages.remove(gfn)
+        duration = 0.0
+        if g.domain.is_write_protected(gfn):
+            nodes = g.page_nodes()
+            counters.unmaps += 1
+            rc, visits = g.domain.unprotect_rc(g.xengt, gfn, gfn)
+            if rc is not None:
+                counters.failed_unmaps += 1
+            duration = self._duration(rc, visits, nodes)
+            counters.hypercall_ns += duration
+            g.meter.update(g.range_count())
+        self.frames.release(gfn)
+        return duration
+
+    # -- a replacement, step by step ---------------------------------------------------
+    def replace_steps(self, slot: int) -> Iterator[Callable[[], float]]:
+        """One callable per hypercall (applied when called, returning its duration)."""
+        old, self.ppgtts[slot] = self.ppgtts[slot], []
+        for gfn in old:
+            yield lambda gfn=gfn: self.unmap_page(gfn)
+        self.frames.restart_run()
+        for _ in range(self.sizes[slot]):
+            yield lambda: self.map_page(slot)
+
+    def churn(self, slot: int, lifetime_ns: float, n_slots: int) -> Process:
+        env = self.sim.env
+        # Stagger the slots so that PPGTTs are not all replaced at the same instant.
+        yield env.timeout(lifetime_ns * (slot + 1) / n_slots)
+        dm = self.guest.device_models["xengt"]
+        while True:
+            job = PpgttJob(self, slot)
+            dm.put_job(job)
+            yield job.done
+            yield env.timeout(lifetime_ns)
