@@ -448,3 +448,27 @@ def test_confidence_intervals_use_students_t() -> None:
     assert half == pytest.approx(4.302652730 / math.sqrt(3))
     assert math.isnan(mean_ci95([5.0])[1])
     assert all(math.isnan(v) for v in mean_ci95([]))
+
+
+def test_a_sweep_over_guest_counts_draws_latency_and_dom0_use_against_vgpus(
+    tmp_path: Path,
+) -> None:
+    """``guests[0].count`` as an axis: points differ in vGPUs, so the sweep draws the
+    many-vGPU figure (and not the page-count ones, whose x would mix in the count)."""
+    data = sweep_data(
+        set={"host.dom0_vcpus": 1},
+        axes={"variant": VARIANTS, "guests[0].count": [1, 3]},
+        replications=1,
+    )
+    out = tmp_path / "out"
+    outcome = run_quiet(write_sweep(tmp_path, data), out, plot=True)
+    assert outcome.failed == 0
+    names = sorted(p.name for p in out.glob("*.png"))
+    assert names == ["latency_vs_vgpus.png"]
+    results = load_results(out)
+    by_count = {r["guests[0].count"]: r for r in results.aggregate if r["variant"] == "list"}
+    assert by_count["1"]["vgpus_mean"] == 1
+    assert by_count["3"]["vgpus_mean"] == 3
+    # Three guests' device models on one dom0 vCPU keep it busier than one guest's.
+    assert by_count["3"]["dom0_util_mean_mean"] > by_count["1"]["dom0_util_mean_mean"] > 0
+    assert by_count["3"]["wp_pages_mean"] == 3 * by_count["1"]["wp_pages_mean"]

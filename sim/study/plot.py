@@ -1,10 +1,16 @@
 """Figures of a sweep, drawn from its CSVs only (so ``vgpu-sim plot DIR`` can redraw them).
 
-The x axis is ``wp_pages``, the write-protected page-table pages a point asks for, not
-``ranges``. Under Xen 4.6 semantics with scattered pages and no node limit the two are
-the same (one rangeset node per page, plus the BAR and port nodes); but a node limit caps
-``ranges``, and p2m-ioreq-server keeps pages out of every rangeset (3 nodes at any page
-count), so plotted against ``ranges`` those designs would collapse onto one x value.
+Two kinds: a sweep whose points differ in the number of vGPUs (``vgpus``, the guests of
+a point) gets ``latency_vs_vgpus`` (trap latency p50 and p99, and dom0's vCPU
+utilisation, against the number of vGPUs; one row of panels per platform); any other
+sweep gets ``latency_vs_ranges`` and ``visits_vs_ranges``, against page counts.
+
+For the page-count figures, the x axis is ``wp_pages``, the write-protected page-table
+pages a point asks for, not ``ranges``. Under Xen 4.6 semantics with scattered pages
+and no node limit the two are the same (one rangeset node per page, plus the BAR and
+port nodes); but a node limit caps ``ranges``, and p2m-ioreq-server keeps pages out of
+every rangeset (3 nodes at any page count), so plotted against ``ranges`` those designs
+would collapse onto one x value.
 
 Figures are built on :class:`matplotlib.figure.Figure` without pyplot: no global state,
 and no backend is chosen here, so this works headless and in notebooks alike.
@@ -26,6 +32,7 @@ from sim.results import save_figure
 from sim.study.tables import SweepResults, format_number, load_results
 
 FIGURE_NAMES = ("latency_vs_ranges", "visits_vs_ranges")
+VGPU_FIGURE_NAMES = ("latency_vs_vgpus",)
 X_LABEL = "write-protected PPGTT pages per vGPU (log scale)"
 X_NOTE = (
     "x = pages the point write-protects. Under xen-4.6 each scattered page is one node of "
@@ -44,33 +51,37 @@ def _looks_like_keypath(axis: str) -> bool:
     return "." in axis or "[" in axis
 
 
-def x_axes(results: SweepResults) -> set[str]:
-    """Axes whose value fixes the page count (the x axis), so they do not split series.
+def x_axes(results: SweepResults, x: str = "wp_pages") -> set[str]:
+    """Axes whose value fixes the x value (the page count, or with ``x="vgpus"`` the
+    number of vGPUs), so they do not split series.
 
-    An axis is one when every one of its values maps to a single ``wp_pages`` and its
-    values give more than one page count: the page-count axis itself, or ``platform``
-    when the presets' page counts are used.
+    An axis is one when every one of its values maps to a single x value and its
+    values give more than one: the page-count axis itself, or ``platform`` when the
+    presets' page counts are used.
     """
     found = set()
-    rows = [r for r in results.aggregate if not math.isnan(r["wp_pages_mean"])]
+    rows = [r for r in results.aggregate if not math.isnan(r[f"{x}_mean"])]
     for axis in results.axes:
         pages: dict[str, set[float]] = {}
         for r in rows:
-            pages.setdefault(r[axis], set()).add(r["wp_pages_mean"])
+            pages.setdefault(r[axis], set()).add(r[f"{x}_mean"])
         distinct = {p for ps in pages.values() for p in ps}
         if len(distinct) > 1 and all(len(ps) == 1 for ps in pages.values()):
             found.add(axis)
     return found
 
 
-def series(results: SweepResults) -> dict[str, list[dict[str, Any]]]:
-    """Aggregate rows grouped into lines (one per combination of the non-x axes),
-    in the sweep's order, each sorted by page count; points with no result are left out.
+def series(
+    results: SweepResults, x: str = "wp_pages", skip: set[str] | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """Aggregate rows grouped into lines (one per combination of the non-x axes, less
+    ``skip``), in the sweep's order, each sorted by ``x``; points with no result are
+    left out.
     """
-    skip = x_axes(results)
+    skip = x_axes(results, x) | (skip or set())
     out: dict[str, list[dict[str, Any]]] = {}
     for row in results.aggregate:
-        if math.isnan(row["wp_pages_mean"]):
+        if math.isnan(row[f"{x}_mean"]):
             continue
         parts = [
             f"{a.rsplit('.', 1)[-1]}={row[a]}" if _looks_like_keypath(a) else row[a]
@@ -79,7 +90,7 @@ def series(results: SweepResults) -> dict[str, list[dict[str, Any]]]:
         ]
         out.setdefault(" · ".join(parts) or "all points", []).append(row)
     for rows in out.values():
-        rows.sort(key=lambda r: r["wp_pages_mean"])
+        rows.sort(key=lambda r: r[f"{x}_mean"])
     return out
 
 
@@ -254,12 +265,116 @@ def visits_figure(results: SweepResults) -> Figure:
     return _finish(fig, bottom, handles, title)
 
 
+VGPU_PANELS = (
+    ("p50_ns", 1e3, "trap latency (µs)", "median (p50)"),
+    ("p99_ns", 1e3, "trap latency (µs)", "99th percentile (p99)"),
+    ("dom0_util_mean", 0.01, "dom0 vCPU utilisation (%, mean)", "dom0's CPU use"),
+)
+
+
+def vgpus_figure(results: SweepResults) -> Figure:
+    """Trap latency (p50, p99) and dom0's mean vCPU utilisation against the number of
+    vGPUs: one row of panels per platform, one line per combination of the other axes.
+
+    A point where no trap completed in the measured window (dom0 saturated) has no
+    latency; it is marked with an x on the latency panels' top edge."""
+    rows_by = (
+        "platform"
+        if "platform" in results.axes and "platform" not in x_axes(results, "vgpus")
+        else None
+    )
+    facets = list(dict.fromkeys(r[rows_by] for r in results.aggregate)) if rows_by else [None]
+    lines = series(results, "vgpus", skip={rows_by} if rows_by else None)
+    # One dash style per value of the lines' first axis (the design), colours per line.
+    firsts = list(dict.fromkeys(label.split(" · ")[0] for label in lines))
+    legend_rows = -(-len(lines) // 2)
+    band = 0.45 + 0.22 * legend_rows
+    height = 3.6 * len(facets)
+    fig = Figure(figsize=(14, height + band), layout="constrained")
+    top, bottom = fig.subfigures(2, 1, height_ratios=[height, band])
+    axes = top.subplots(len(facets), len(VGPU_PANELS), squeeze=False)
+    markers = "osD^vP*Xh<>"
+    styles = ("-", "--", "-.", ":")
+    handles: list[tuple[Any, str]] = []
+    for fi, facet in enumerate(facets):
+        for pi, (metric, scale, ylabel, title) in enumerate(VGPU_PANELS):
+            ax = axes[fi][pi]
+            for li, (label, rows) in enumerate(lines.items()):
+                mine = [r for r in rows if facet is None or r[rows_by] == facet]
+                x = [r["vgpus_mean"] for r in mine]
+                y = [r[f"{metric}_mean"] / scale for r in mine]
+                err = [e / scale for e in _ci([r[f"{metric}_ci95"] for r in mine])]
+                line = ax.errorbar(
+                    x,
+                    y,
+                    yerr=err,
+                    marker=markers[li % len(markers)],
+                    markersize=4,
+                    capsize=2,
+                    linewidth=1.3,
+                    color=f"C{li % 10}",
+                    linestyle=styles[firsts.index(label.split(" · ")[0]) % len(styles)],
+                )
+                lost = [xi for xi, yi in zip(x, y, strict=True) if math.isnan(yi)]
+                if lost and metric != "dom0_util_mean":
+                    ax.plot(
+                        lost,
+                        [1.0] * len(lost),
+                        ls="none",
+                        marker="x",
+                        ms=8,
+                        color=f"C{li % 10}",
+                        transform=ax.get_xaxis_transform(),
+                        clip_on=False,
+                    )
+                if fi == 0 and pi == 0:
+                    handles.append((line, label))
+            xs = sorted({r["vgpus_mean"] for r in results.aggregate})
+            ax.set_xticks(xs, [f"{v:g}" for v in xs])
+            ax.set_xlabel("vGPUs (guests) on the host")
+            ax.set_ylabel(ylabel)
+            name = f"{facet.upper()}: " if facet else ""
+            ax.set_title(f"{name}{title}", fontsize=10)
+            ax.grid(True, alpha=0.3)
+            if metric == "dom0_util_mean":
+                ax.set_ylim(0, 105)
+            else:
+                _y_scale(ax)
+    fig.suptitle(_title(results, "Trap latency and dom0 CPU use vs vGPUs"), fontsize=13)
+    bottom.legend(
+        [h for h, _ in handles],
+        [label for _, label in handles],
+        loc="upper center",
+        ncols=2,
+        fontsize=9,
+        frameon=False,
+    )
+    bottom.text(
+        0.5,
+        0.02,
+        "an x on the top edge: no trap completed in the measured window (dom0 saturated)",
+        ha="center",
+        va="bottom",
+        fontsize=8,
+        color="0.3",
+    )
+    return fig
+
+
+def varies_in_vgpus(results: SweepResults) -> bool:
+    """Do the sweep's points differ in their number of vGPUs?"""
+    counts = {r["vgpus_mean"] for r in results.aggregate if not math.isnan(r["vgpus_mean"])}
+    return len(counts) > 1
+
+
 def write_figures(directory: str | Path) -> list[Path]:
-    """Draw both figures of a sweep results directory from its CSVs; return the files."""
+    """Draw a sweep results directory's figures from its CSVs; return the files."""
     d = Path(directory)
     results = load_results(d)
     if not any(series(results).values()):
         return []  # every run failed: nothing to draw, the CSVs say why
+    if varies_in_vgpus(results):
+        return save_figure(vgpus_figure(results), d / VGPU_FIGURE_NAMES[0])
     paths = save_figure(latency_figure(results), d / FIGURE_NAMES[0])
     paths += save_figure(visits_figure(results), d / FIGURE_NAMES[1])
     return paths
