@@ -290,7 +290,7 @@ class HypervisorCpu:
             before_ns = exit_ns[kind] + SCANS[kind] * checked * handler_ns
             rangeset = guest.lookup_rangeset(access)
             nodes = len(rangeset) if rangeset is not None else 0
-            walk = walk_ns(visits, nodes) if visits else 0.0
+            walk = trap.walk_ns = walk_ns(visits, nodes) if visits else 0.0
             now = env.now
             wait = 0.0
             if rangeset is not None and rangeset is guest.page_rangeset:

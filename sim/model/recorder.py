@@ -34,6 +34,7 @@ class Trap:
         "t_trap",
         "vcpu",
         "visits",
+        "walk_ns",
     )
 
     def __init__(
@@ -48,6 +49,7 @@ class Trap:
         self.dm: DeviceModelServer | None = None
         self.handler = ""
         self.visits = 0
+        self.walk_ns = 0.0  # time its lookups spent walking rangeset nodes
 
 
 @dataclass
@@ -61,6 +63,7 @@ class Counters:
     unmaps: int = 0
     failed_unmaps: int = 0
     map_visits: int = 0
+    walk_ns: float = 0.0  # rangeset walking of the measured traps, summed
     hypercall_ns: float = 0.0
     untracked_ppgtt_writes: int = 0
     null_handled: int = 0
@@ -100,6 +103,7 @@ class Recorder:
             group = self.groups[key] = (array("d"), array("q"))
         group[0].append(trap.t_resumed - trap.t_trap)
         group[1].append(trap.visits)
+        c.walk_ns += trap.walk_ns
         c.accesses += 1
         if c.accesses == self.max_accesses and not self.stop.triggered:
             self.stop.succeed()

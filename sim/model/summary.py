@@ -73,10 +73,16 @@ def summarize(result: RunResult) -> list[dict[str, Any]]:
     return rows
 
 
-def overall(result: RunResult) -> dict[str, float]:
-    """Latency and visit statistics over every trap of the run."""
-    lats = [np.frombuffer(lat, dtype=np.float64) for lat, _ in result.groups.values() if len(lat)]
-    vis = [np.frombuffer(v, dtype=np.int64) for _, v in result.groups.values() if len(v)]
+def overall(result: RunResult, server: str | None = None) -> dict[str, float]:
+    """Latency and visit statistics over every trap of the run, or over the traps that
+    servers of one name handled (``server="xengt"``: every guest's vGPU)."""
+    groups = [
+        g
+        for (_, handler), g in result.groups.items()
+        if server is None or handler.rsplit("/", 1)[-1] == server
+    ]
+    lats = [np.frombuffer(lat, dtype=np.float64) for lat, _ in groups if len(lat)]
+    vis = [np.frombuffer(v, dtype=np.int64) for _, v in groups if len(v)]
     if not lats:
         nan = float("nan")
         return {"mean_ns": nan, "p50_ns": nan, "p99_ns": nan, "mean_visits": nan}
@@ -145,6 +151,7 @@ def totals(result: RunResult) -> dict[str, Any]:
         "cpu_use": cpu_use(result),
         "locks": locks,
         "lock_wait_per_trap_ns": waits / c.traps_total if c.traps_total else 0.0,
+        "walk_per_trap_ns": c.walk_ns / c.accesses if c.accesses else 0.0,
     }
 
 
