@@ -365,3 +365,22 @@ def test_busy_time_counts_only_the_measured_window() -> None:
     busy.stop(260.0)
     busy.start(300.0)
     assert busy.total(350.0) == 50 + 60 + 50
+
+
+def test_a_capture_of_counted_guests_has_a_domain_each(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``run --xentrace`` writes each of the N guests of a ``count: N`` entry as a domain."""
+    import csv
+    import io
+
+    from sim.cli import main
+
+    out = tmp_path / "run"
+    scenario = SMALL.parent / "multi-vgpu.yaml"
+    args = ["run", str(scenario), "--out", str(out), "--xentrace", "--no-progress"]
+    assert main([*args, "--set", "duration_ms=20", "--set", "warmup_ms=2"]) == 0
+    capsys.readouterr()
+    assert main(["trace", "summarize", str(out / "xentrace.bin"), "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert {int(r["domain"]) for r in rows} == set(range(1, 8))

@@ -11,11 +11,11 @@ reader's merge small.
 into the records Xen 4.6 writes for them (vmx.c ``vmx_vmexit_handler`` and
 ``ept_handle_violation``, emulate.c ``hvmtrace_io_assist``):
 
-* guest ``g`` (0-based, scenario order) is domain ``g + 1``; its vCPU ``i`` keeps id
-  ``i`` and is given trace pCPU ``first_vcpu(g) + i``, its own. The model runs guest code
-  on every vCPU at once (only Xen's work shares ``host.pcpus``), so one vCPU per pCPU is
-  what it simulates; each vCPU's first record makes it current there (runnable ->
-  running) and it stays current: the model has no scheduler to trace;
+* guest ``g`` (0-based, scenario order, a ``count`` expanded) is domain ``g + 1``; its
+  vCPU ``i`` keeps id ``i`` and is given trace pCPU ``first_vcpu(g) + i``, its own; each
+  vCPU's first record makes it current there (runnable -> running) and it stays
+  current. With ``host.pcpus`` shared, the model's scheduling of vCPUs on them
+  (sim.model.cpu) is not traced: the capture shows one vCPU per pCPU;
 * port I/O: ``TRC_HVM_VMX_EXIT`` reason IO_INSTRUCTION at ``t_trap``, then
   ``TRC_HVM_IOPORT_READ/WRITE`` [port, data];
 * MMIO and writes to write-protected pages: reason EPT_VIOLATION, ``TRC_HVM_NPF``
@@ -37,6 +37,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+from sim.model.scenario import guest_instances
 from sim.trace import format as fmt
 
 if TYPE_CHECKING:
@@ -95,8 +96,9 @@ class ModelCapture:
         self.tsc_hz = scenario.host.tsc_hz
         self.guests: dict[str, tuple[int, int]] = {}  # name -> (domain id, first pCPU)
         first = 0
-        for g, guest in enumerate(scenario.guests):
-            self.guests[guest.name] = (g + 1, first)
+        # Every guest domain, a guest entry with ``count: N`` giving N of them.
+        for g, (guest, name) in enumerate(guest_instances(scenario)):
+            self.guests[name] = (g + 1, first)
             for i in range(guest.vcpus):
                 writer.record(
                     first + i,
