@@ -166,9 +166,6 @@ class CpuPool:
         self.release(runner)
         return self.acquire(runner, woken=False)
 
-    def waiting(self) -> int:
-        return len(self.boost) + len(self.under)
-
     # -- internals ---------------------------------------------------------------------
     def _grant(self, runner: Runner, cpu: Cpu) -> None:
         now = self.env.now
@@ -182,6 +179,3 @@ class CpuPool:
         # BOOST to UNDER; checked lazily, without a tick event.
         if runner.pri == BOOST and now // self.tick_ns > runner.run_start // self.tick_ns:
             runner.pri = UNDER
-
-    def busy_ns(self, now: float) -> list[float]:
-        return [cpu.busy.total(now) for cpu in self.cpus]

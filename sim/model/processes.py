@@ -15,9 +15,9 @@ Three roles, each a SimPy process (time in ns):
     :mod:`sim.model.cache`, waiting while a map or unmap holds the rangeset's write lock,
     :mod:`sim.model.locks`), then the ioreq write and event-channel notify. On the
     reply the vCPU wakes, ``hvm_do_resume`` completes the access by emulating it a
-    second time, and the VM entry follows (:data:`RESUME_NOTE`).
+    second time, and the VM entry follows (see :class:`HypervisorCpu`).
 ``DeviceModelThread``
-    ``workers`` threads per ioreq server (XenGT's, and QEMU as the default server). A
+    ``workers`` threads per ioreq server (XenGT's, and QEMU's for the other devices). A
     sleeping thread pays a dom0 wake-up; it serves pending requests in its server's
     order (XenGT: vCPU index, as ``vgt_emulation_thread`` sweeps its pending bitmap;
     QEMU: arrival) on a dom0 vCPU, its own or one of a shared pool. XenGT's thread also
@@ -69,15 +69,6 @@ NS_PER_MS = 1_000_000
 #: re-issued request finds STATE_IORESP_READY and jumps to ``finish_access`` (emulate.c
 #: @4.6, lines 130-146).
 SCANS = {"mmio": 2, "pio": 1}
-
-RESUME_NOTE = """Completion on resume (Xen 4.6). ``hvm_vcpu_io_need_completion()`` is
-true for every synchronous request whose data is not a pointer (vcpu.h @4.6, lines 92-96),
-reads and writes alike; ``handle_mmio()`` then records ``HVMIO_mmio_completion`` (io.c
-@4.6, lines 93-94) and ``handle_pio()`` ``HVMIO_pio_completion`` (io.c line 143-144).
-``hvm_do_resume()`` runs it before the VM entry (hvm.c @4.6, lines 515-528): MMIO re-runs
-``handle_mmio()``, a full second decode and emulation (``mmio_decode_ns`` again); port
-I/O re-runs ``handle_pio()``, its own handling without an instruction to decode
-(``pio_decode_ns`` again). Neither repeats the handler scan or the selection."""
 
 
 class Inbox:
@@ -242,6 +233,16 @@ class DeviceModelThread(Runner):
 
 class HypervisorCpu:
     """Xen on one physical CPU: handles the exits of the vCPUs pinned to it.
+
+    Completion on resume (Xen 4.6): ``hvm_vcpu_io_need_completion()`` is true for every
+    synchronous request whose data is not a pointer (vcpu.h @4.6, lines 92-96), reads
+    and writes alike; ``handle_mmio()`` then records ``HVMIO_mmio_completion`` (io.c
+    @4.6, lines 93-94) and ``handle_pio()`` ``HVMIO_pio_completion`` (io.c lines
+    143-144). ``hvm_do_resume()`` runs it before the VM entry (hvm.c @4.6, lines
+    515-528): MMIO re-runs ``handle_mmio()``, a full second decode and emulation
+    (``mmio_decode_ns`` again); port I/O re-runs ``handle_pio()``, its own handling
+    without an instruction to decode (``pio_decode_ns`` again). Neither repeats the
+    handler scan or the selection.
 
     ``pool`` is None for a pCPU with one pinned vCPU: nothing else runs there. A shared
     pCPU's vCPUs take turns under its :class:`~sim.model.cpu.CpuPool`.
