@@ -29,7 +29,10 @@ their addresses into devices (:mod:`sim.trace.devicemap`), fits the distribution
 
   The model's own costs come from a calibration run of the fitted scenario with every
   service and wake-up at 0 (:data:`CALIBRATION_TRAPS` traps): whatever model is
-  installed, its exit, selection, notify and resume costs are subtracted, no more.
+  installed, its exit, selection, notify and resume costs are subtracted, no more, as
+  the mean per captured device and direction (:mod:`sim.trace.overhead`: an MMIO exit
+  and a port exit differ by ~4 us in the model, and the address and a register write's
+  PPGTT work matter too).
   Device models get one worker per vCPU: queueing the capture saw is already inside the
   fitted service, and must not be added twice.
 """
@@ -51,16 +54,8 @@ from sim.model.scenario import ACCESS_KINDS, Host, Scenario, load_preset, scenar
 from sim.results import atomic_directory, write_text_atomic
 from sim.trace.devicemap import DeviceMap, map_devices
 from sim.trace.fitdist import FittedDist, constant, empirical_csv, fit_distribution
-from sim.trace.iostream import (
-    GAP_MEASURED,
-    SPACE_MMIO,
-    SPACE_PAGE_TABLE,
-    SPACE_PORT,
-    TRAP_DTYPE,
-    DomainStats,
-    Spool,
-    io_traps,
-)
+from sim.trace.iostream import GAP_MEASURED, TRAP_DTYPE, DomainStats, Spool, io_traps
+from sim.trace.overhead import Overheads, calibration_devices, handled_in_xen, overheads
 from sim.trace.reader import Capture
 from sim.trace.validate import SimTraps, Validation, compare, simulate
 
@@ -144,7 +139,7 @@ class Fit:
     dists: list[FittedDist] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     path_used: str = "latency residual"
-    overhead_ns: dict[str, tuple[float, float]] = field(default_factory=dict)
+    overheads: Overheads | None = None  # the model's own cost, per device and direction
     costs: dict[str, float] = field(default_factory=dict)
     exit_entry: FittedDist | None = None
     scenario: dict[str, Any] = field(default_factory=dict)
@@ -179,9 +174,9 @@ def _think(m: Measured, fit: Fit) -> list[dict[str, Any]]:
     return out
 
 
-def _kinds(m: Measured, dmap: DeviceMap) -> np.ndarray:
-    """Per trap, the index of its model trap kind in ACCESS_KINDS (-1: no device)."""
-    idx = dmap.index_of(m.traps)
+def _kinds(dmap: DeviceMap, idx: np.ndarray) -> np.ndarray:
+    """Per trap (its device index ``idx``), the index of its model trap kind in
+    ACCESS_KINDS (-1: no device)."""
     table = np.array([ACCESS_KINDS.index(d.kind) for d in dmap.devices] + [-1], dtype=np.int64)
     return table[np.where(idx >= 0, idx, len(dmap.devices))]
 
@@ -240,43 +235,6 @@ def _exit_entry(m: Measured, fit: Fit) -> None:
     fit.costs.update(vmexit_ns=half, vmentry_ns=half)
 
 
-def _overheads(sim: SimTraps) -> dict[str, tuple[float, float]]:
-    """Per kind: the model's mean cost before the device model and after it, over the
-    calibration traps that went to a device model."""
-    out: dict[str, tuple[float, float]] = {}
-    before = sim.t_served - sim.t_trap
-    after = sim.t_resumed - sim.t_served
-    for k, name in enumerate(ACCESS_KINDS):
-        sel = (sim.kind == k) & sim.to_dm
-        if sel.any():
-            out[name] = (float(before[sel].mean()), float(after[sel].mean()))
-    fallback = (
-        (float(before[sim.to_dm].mean()), float(after[sim.to_dm].mean()))
-        if sim.to_dm.any()
-        else (0.0, 0.0)
-    )
-    for name in ACCESS_KINDS:
-        out.setdefault(name, fallback)
-    return out
-
-
-def _handled_in_xen(dmap: DeviceMap, sim: SimTraps) -> set[int]:
-    """Devices whose calibration traps Xen's own emulators (sim.xen.intercept) mostly
-    answered in the model: no device model serves them, so they get no service."""
-    rows = np.zeros(len(sim.addr), dtype=TRAP_DTYPE)
-    rows["addr"] = sim.addr
-    rows["addr_known"] = 1
-    ppgtt = sim.kind == ACCESS_KINDS.index("ppgtt_write")
-    rows["space"] = np.where(sim.is_port, SPACE_PORT, np.where(ppgtt, SPACE_PAGE_TABLE, SPACE_MMIO))
-    idx = dmap.index_of(rows)
-    out = set()
-    for i in range(len(dmap.devices)):
-        mine = idx == i
-        if mine.any() and (~sim.to_dm[mine]).mean() > 0.5:
-            out.add(i)
-    return out
-
-
 def _server_dists(
     fit: Fit, server: str, kinds: tuple[str, ...], samples: dict[str, np.ndarray], quantity: str
 ) -> dict[str, Any] | None:
@@ -303,17 +261,21 @@ def _staged(m: Measured) -> np.ndarray:
     return (t["closed_by"] == 1) & (t["dom0_tsc"] > 0) & (t["wake_tsc"] > 0) & (t["resume_tsc"] > 0)
 
 
-def _service(m: Measured, fit: Fit, kinds: np.ndarray, data: dict[str, Any]) -> None:
+def _service(
+    m: Measured,
+    fit: Fit,
+    kinds: np.ndarray,
+    before: np.ndarray,
+    after: np.ndarray,
+    data: dict[str, Any],
+) -> None:
     """Fill the device models' service (and wake-up) from the capture, by one of the two
-    paths of the module docstring."""
+    paths of the module docstring; ``before``/``after``: per trap, the model's own cost
+    on either side of the device model (sim.trace.overhead)."""
     t = m.traps
     exit_tsc = t["exit_tsc"].astype(np.int64)
-    staged = (
-        (t["closed_by"] == 1) & (t["dom0_tsc"] > 0) & (t["wake_tsc"] > 0) & (t["resume_tsc"] > 0)
-    )
+    staged = _staged(m)
     use_stages = staged.mean() >= STAGE_SHARE
-    before = np.array([fit.overhead_ns[k][0] for k in ACCESS_KINDS] + [0.0])
-    after = np.array([fit.overhead_ns[k][1] for k in ACCESS_KINDS] + [0.0])
     service: dict[str, np.ndarray] = {}
     wakeup: dict[str, np.ndarray] = {}
     if use_stages:
@@ -321,9 +283,9 @@ def _service(m: Measured, fit: Fit, kinds: np.ndarray, data: dict[str, Any]) -> 
         sel = staged & (kinds >= 0)
         k = kinds[sel]
         serve = m.ns(t["wake_tsc"][sel].astype(np.int64) - t["dom0_tsc"][sel].astype(np.int64))
-        wake = m.ns(t["dom0_tsc"][sel].astype(np.int64) - exit_tsc[sel]) - before[k]
+        wake = m.ns(t["dom0_tsc"][sel].astype(np.int64) - exit_tsc[sel]) - before[sel]
         resume = m.ns(t["resume_tsc"][sel].astype(np.int64) - t["wake_tsc"][sel].astype(np.int64))
-        fit.costs["vcpu_wake_ns"] = round(max(0.0, float((resume - after[k]).mean())), 1)
+        fit.costs["vcpu_wake_ns"] = round(max(0.0, float((resume - after[sel]).mean())), 1)
         for i, name in enumerate(ACCESS_KINDS):
             service[name] = np.maximum(serve[k == i], 0)
             wakeup[name] = np.maximum(wake[k == i], 0)
@@ -331,7 +293,7 @@ def _service(m: Measured, fit: Fit, kinds: np.ndarray, data: dict[str, Any]) -> 
         known = (t["resume_tsc"] > 0) & (kinds >= 0)
         k = kinds[known]
         lat = m.ns(t["resume_tsc"][known].astype(np.int64) - exit_tsc[known])
-        resid = lat - before[k] - after[k]
+        resid = lat - before[known] - after[known]
         for i, name in enumerate(ACCESS_KINDS):
             service[name] = np.maximum(resid[k == i], 0)
         clipped = int((resid < 0).sum())
@@ -427,7 +389,8 @@ def fit_capture(
         fit = Fit(m, map_devices(m.traps))
         if cpu_hz is None:
             fit.notes.append(f"--cpu-hz not given: the TSC is taken to run at {hz:.4g} Hz.")
-        kinds = _kinds(m, fit.devices)
+        device = fit.devices.index_of(m.traps)
+        kinds = _kinds(fit.devices, device)
         fit.unassigned_traps = int((kinds < 0).sum())
         with atomic_directory(out_dir) as tmp:
             _exit_entry(m, fit)
@@ -441,15 +404,18 @@ def fit_capture(
             longer = [*overrides, ("duration_ms", data["duration_ms"] * stretch)]
             calib = _load(data, tmp, longer, out_dir)
             calibration = simulate(calib, tmp, CALIBRATION_TRAPS)
-            fit.overhead_ns = _overheads(calibration)
             fit.calibration_traps = len(calibration.t_trap)
-            fit.in_xen = _handled_in_xen(fit.devices, calibration)
+            sim_device = calibration_devices(fit.devices, calibration)
+            fit.in_xen = handled_in_xen(fit.devices, calibration, sim_device)
             if fit.in_xen:
                 # Their latency is the model's own: leave them out of the service fit.
-                kinds = np.where(
-                    np.isin(fit.devices.index_of(m.traps), list(fit.in_xen)), -1, kinds
-                )
-            _service(m, fit, kinds, data)
+                kinds = np.where(np.isin(device, list(fit.in_xen)), -1, kinds)
+            write = m.traps["write"].astype(np.int64)
+            fit.overheads = overheads(
+                fit.devices, calibration, sim_device, device, write, fit.in_xen
+            )
+            before, after = fit.overheads.per_trap(device, write)
+            _service(m, fit, kinds, before, after, data)
             data["costs"].update(fit.costs)
             fit.scenario = data
             _write_csvs(fit, tmp)

@@ -12,6 +12,7 @@ from sim.results import save_figure, write_text_atomic
 from sim.trace import format as fmt
 from sim.trace.fit import CPUID_MIN, MIN_SAMPLES, Fit
 from sim.trace.fitdist import ALPHA, FAMILIES
+from sim.trace.overhead import MIN_KEY
 from sim.trace.validate import MEAN_TOLERANCE, MIN_TRAPS_FOR_RATE, QUANTILES, RATE_TOLERANCE
 
 FIGURE = "latency_cdf"
@@ -315,16 +316,44 @@ def _distributions(fit: Fit) -> list[str]:
 
 
 def _costs(fit: Fit) -> list[str]:
-    rows = [[k, _us(b), _us(a)] for k, (b, a) in fit.overhead_ns.items()]
+    rows = [
+        [
+            o.device,
+            "write" if o.write else "read",
+            o.kind,
+            o.exit_reason,
+            f"{o.captured:,}",
+            f"{o.calibration:,} ({o.source})",
+            _us(o.before),
+            _us(o.after),
+            _us(o.spread),
+        ]
+        for o in (fit.overheads.rows if fit.overheads else [])
+    ]
+    head = [
+        "device",
+        "dir",
+        "kind",
+        "exit",
+        "captured traps",
+        "calibration traps (key)",
+        "exit -> device model, µs",
+        "device model -> entry, µs",
+        "spread (sd), µs",
+    ]
     lines = [
         "### Costs and service",
         "",
         f"Service path: **{fit.path_used}** (`sim/trace/fit.py` says how each works). The "
         f"model's own cost of a trap outside the device model, from a calibration run of "
         f"the fitted scenario with every service and wake-up at 0 "
-        f"({fit.calibration_traps:,} traps), was subtracted:",
+        f"({fit.calibration_traps:,} traps), was subtracted: its mean per device and "
+        f"direction (`sim/trace/overhead.py`; a key with fewer than {MIN_KEY} calibration "
+        "traps takes the device's, then its kind and exit type's). The spread is what "
+        "varies within a key in the model itself (a page's place in the rangeset, lock "
+        "and CPU waits): it stays in the fitted service.",
         "",
-        *_table(["kind", "exit -> device model, µs", "device model -> entry, µs"], rows),
+        *_table(head, rows),
     ]
     if fit.exit_entry is not None:
         lines.append(

@@ -49,6 +49,7 @@ class SimTraps:
     end_ns: float
     addr: np.ndarray  # the access's port or guest-physical address
     is_port: np.ndarray
+    is_write: np.ndarray
     to_dm: np.ndarray  # sent to a device model (else handled inside Xen)
 
     @property
@@ -59,7 +60,7 @@ class SimTraps:
 def simulate(scenario: Scenario, base_dir: Path, max_traps: int | None) -> SimTraps:
     """Run ``scenario`` (its first guest is the fitted one) and keep every trap of it."""
     cols: dict[str, list] = {
-        k: [] for k in ("vcpu", "kind", "trap", "served", "res", "addr", "port", "dm")
+        k: [] for k in ("vcpu", "kind", "trap", "served", "res", "addr", "port", "write", "dm")
     }
     guest = scenario.guests[0].name
     kinds = {k: i for i, k in enumerate(ACCESS_KINDS)}
@@ -74,6 +75,7 @@ def simulate(scenario: Scenario, base_dir: Path, max_traps: int | None) -> SimTr
         cols["res"].append(trap.t_resumed)
         cols["addr"].append(trap.access.addr)
         cols["port"].append(trap.access.kind == "pio")
+        cols["write"].append(trap.access.is_write)
         cols["dm"].append(trap.dm is not None)
 
     if max_traps is not None:
@@ -89,6 +91,7 @@ def simulate(scenario: Scenario, base_dir: Path, max_traps: int | None) -> SimTr
         end_ns=result.sim_time_ns,
         addr=np.asarray(cols["addr"], dtype=np.uint64),
         is_port=np.asarray(cols["port"], dtype=bool),
+        is_write=np.asarray(cols["write"], dtype=bool),
         to_dm=np.asarray(cols["dm"], dtype=bool),
     )
 
