@@ -38,6 +38,14 @@ class Knobs:
     window: tuple[int, int] = (4096, 65536)  # window sizes in bytes, drawn per flush
     wide: bool = False  # 64-bit exit records and MMIO above 4 GiB
     no_tsc_exits: float = 0.0  # chance an exit record carries no TSC
+    # Stages of a blocking I/O exit, cycles drawn uniformly: the vCPU blocked -> dom0
+    # running (when dom0 was blocked), dom0's service of one request, the guest woken ->
+    # running, and running -> its VM entry (after any schedule). The defaults make short
+    # stages; test_trace_agreement pins the bytes they give.
+    dom0_wake: tuple[int, int] = (500, 8000)
+    dom0_service: tuple[int, int] = (2_000, 30_000)
+    guest_wake: tuple[int, int] = (100, 3000)
+    resume: tuple[int, int] = (50, 400)
 
 
 @dataclass
@@ -103,7 +111,7 @@ def host_capture(seed: int, knobs: Knobs | None = None) -> bytes:
         h.runstate(pc, t, fmt.IDLE_DOMAIN, pc, RUNNING, RUNNABLE)
         h.runstate(pc, t, *gv, RUNNABLE, RUNNING)
         running[pc] = gv
-        h.at(t + rng.randint(50, 400), "resume", gv)
+        h.at(t + rng.randint(*k.resume), "resume", gv)
 
     while h.queue:
         t, _, what, args = heapq.heappop(h.queue)
@@ -135,20 +143,20 @@ def host_capture(seed: int, knobs: Knobs | None = None) -> bytes:
                 if dom0["state"] == BLOCKED:  # vcpu_wake traces on the waker's pCPU
                     h.runstate(pc, t, 0, 0, BLOCKED, RUNNABLE)
                     dom0["state"] = RUNNABLE
-                    h.at(t + rng.randint(500, 8000), "dom0_run")
+                    h.at(t + rng.randint(*k.dom0_wake), "dom0_run")
             schedule(pc, t)
         elif what == "dom0_run":
             h.runstate(pc, t, fmt.IDLE_DOMAIN, pc, RUNNING, RUNNABLE)
             h.runstate(pc, t, 0, 0, RUNNABLE, RUNNING)
             h.dom0["state"] = RUNNING
-            h.at(t + rng.randint(2_000, 30_000), "dom0_done")
+            h.at(t + rng.randint(*k.dom0_service), "dom0_done")
         elif what == "dom0_done":  # the device model answers: the guest is woken
             dom0 = h.dom0
             woken = dom0["queue"].pop(0)
             h.runstate(pc, t, *woken, BLOCKED, RUNNABLE)
-            h.at(t + rng.randint(100, 3000), "wake", woken)
+            h.at(t + rng.randint(*k.guest_wake), "wake", woken)
             if dom0["queue"]:
-                h.at(t + rng.randint(2_000, 30_000), "dom0_done")
+                h.at(t + rng.randint(*k.dom0_service), "dom0_done")
             else:
                 h.runstate(pc, t, 0, 0, RUNNING, BLOCKED)
                 h.runstate(pc, t, fmt.IDLE_DOMAIN, pc, RUNNABLE, RUNNING)
