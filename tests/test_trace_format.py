@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from sim.cli import main
 from sim.inputs import InputError
 from sim.trace import format as fmt
+from sim.trace import report
 from sim.trace.decode import _frame, index_windows, iter_batches
 from sim.trace.reader import summarize_capture
 from sim.trace.report import EXIT_COLUMNS, unattributed_arcs
@@ -319,6 +320,32 @@ def test_csv_and_json_output(tmp_path: Path, capsys) -> None:
     assert doc["exits"] == []
     assert doc["records"] == 3
     assert doc["lost_records"] == 0
+
+
+def test_the_address_table_lists_the_busiest_first(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records, t = [running(1, 0, 10)], 100
+    for port, n in ((0x60, 1), (0x3B0, 3), (0x70, 2), (0x64, 2)):
+        for _ in range(n):
+            records += [vmexit(30, t), R(fmt.TRC_HVM_IOPORT_WRITE, (port, 0)), entry(t + 50)]
+            t += 100
+    path = tmp_path / "c.bin"
+    path.write_bytes(capture((0, records)))
+    # ties (0x64 and 0x70, two each) in address order
+    assert main(["trace", "summarize", str(path), "--format", "csv", "--table", "addresses"]) == 0
+    rows = capsys.readouterr().out.splitlines()[1:]
+    assert [(r.split(",")[2], r.split(",")[4]) for r in rows] == [
+        ("0x3b0", "3"),
+        ("0x64", "2"),
+        ("0x70", "2"),
+        ("0x60", "1"),
+    ]
+    monkeypatch.setattr(report, "TEXT_ADDRESSES", 2)
+    assert main(["trace", "summarize", str(path)]) == 0
+    text = capsys.readouterr().out.split("Port and MMIO addresses")[1].split("\n\n")[0]
+    assert text.startswith(", the 2 busiest of 4 ")
+    assert [line.split()[2] for line in text.splitlines()[2:]] == ["0x3b0", "0x64"]
 
 
 def test_bad_cpu_hz_is_a_usage_error(tmp_path: Path) -> None:

@@ -82,15 +82,15 @@ TEXT_ADDRESSES = 40
 
 
 def address_rows(s: CaptureSummary, limit: int | None = None) -> list[dict[str, Any]]:
-    """Count, mean and max cycles per (domain, port or MMIO address, direction); with
-    ``limit``, the most frequent ones only. Built from arrays: a capture of page-table
+    """Count, mean and max cycles per (domain, port or MMIO address, direction), the
+    busiest (highest count) first, ties by domain, kind, address and direction; with
+    ``limit``, the first ``limit`` rows only. Built from arrays: a capture of page-table
     writes can hold a million distinct addresses."""
-    keys, sums = s.addresses.arrays()
+    keys, sums = s.addresses.arrays()  # sorted by key
     keep = keys[:, 0] != fmt.DEFAULT_DOMAIN if len(keys) else np.zeros(0, dtype=bool)
     keys, sums = keys[keep], sums[keep]
-    if limit is not None and len(keys) > limit:
-        top = np.sort(np.argsort(-sums[:, 0], kind="stable")[:limit])
-        keys, sums = keys[top], sums[top]
+    order = np.argsort(-sums[:, 0], kind="stable")[:limit]
+    keys, sums = keys[order], sums[order]
     rows = []
     for (d, kind, addr, write), (count, nonzero, total, biggest) in zip(
         keys.tolist(), sums.tolist(), strict=True
@@ -179,6 +179,17 @@ def _text_table(rows: list[dict[str, Any]], cols: list[str]) -> list[str]:
     return lines
 
 
+def _addresses_title(s: CaptureSummary) -> str:
+    keys, _ = s.addresses.arrays()
+    n = int((keys[:, 0] != fmt.DEFAULT_DOMAIN).sum()) if len(keys) else 0
+    if n > TEXT_ADDRESSES:
+        return (
+            f"Port and MMIO addresses, the {TEXT_ADDRESSES} busiest of {n:,} "
+            "(--format csv --table addresses lists every one)"
+        )
+    return "Port and MMIO addresses, busiest first"
+
+
 def to_text(s: CaptureSummary) -> str:
     span = s.last_tsc - s.first_tsc
     secs = f", {span / s.cpu_hz:.3f} s" if s.cpu_hz else ""
@@ -190,7 +201,7 @@ def to_text(s: CaptureSummary) -> str:
     sections = [
         ("Exit reasons", exit_rows(s), ["domain", "vcpu", "exit_reason", "count", "mean_cycles",
                                          "p50_cycles", "p90_cycles", "max_cycles", *us]),
-        ("Port and MMIO addresses (busiest)", address_rows(s, TEXT_ADDRESSES),
+        (_addresses_title(s), address_rows(s, TEXT_ADDRESSES),
          ["domain", "kind", "address", "dir", "count", "mean_cycles", *us]),
         ("EPT violations by p2m type", npf_rows(s), ["domain", "p2m_type", "p2m_name",
                                                       "count", "mean_cycles", *us]),
