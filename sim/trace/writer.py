@@ -28,6 +28,20 @@ into the records Xen 4.6 writes for them (vmx.c ``vmx_vmexit_handler`` and
 The I/O records carry no access size: Xen's do not either. The TSC counts at
 ``host.tsc_hz`` from ``TSC_ORIGIN`` at simulated time 0 (xenalyze never counts an arc
 whose exit TSC is 0).
+
+**No blocking and no dom0 records.** Xen blocks the vCPU on every ioreq it sends
+(``prepare_wait_on_xen_event_channel`` in ``hvm_send_ioreq``, hvm.c @RELEASE-4.6.0 line
+2752); ``schedule()`` traces that as runstate changes on its pCPU (schedule.c @4.6, lines
+1286-1294), and the reply's ``vcpu_wake`` traces blocked -> runnable (line 418), where
+xenalyze ends the arc. Written here, they would end each I/O arc at the wake-up instead
+of at ``t_resumed``, and read-back arcs would no longer equal ``trace.csv``'s
+``t_resumed - t_trap`` (issue #10's round trip). The model's dom0 vCPUs
+(``sim.model.cpu``) are not traced either. In Xen, a dom0 vCPU runs a device model's
+answer only after the guest blocked on it; and a round trip is split into stages around
+the guest's wake-up, by :mod:`sim.trace.roundtrip` as by xenalyze. dom0 runstate records
+without the guest's would show no stage, in a capture no Xen host writes (dom0 serving a
+vCPU that never blocked). A completed ``Trap`` does not say when its thread began to run,
+either.
 """
 
 from __future__ import annotations
