@@ -32,11 +32,16 @@ golden: $(STAMP)
 	VGPU_SIM_UPDATE_GOLDEN=1 $(PY) -m pytest -q tests/test_run.py -k golden
 	git diff --stat tests/golden
 
-# Fit the example capture again (README "Fitting a scenario"); review the diff.
+# Write the example capture with the model from its scenario, and fit it again (README
+# "Fitting a scenario"); review the diff. Needed after any change to the model's timing.
 trace-example: $(STAMP)
 	rm -rf results/trace/hsw-guest
+	tmp=$$(mktemp -d) && \
+	  $(VENV)/bin/vgpu-sim run scenarios/captures/hsw-guest.yaml --xentrace --no-progress \
+	    --out $$tmp/run > /dev/null && \
+	  cp $$tmp/run/xentrace.bin scenarios/captures/hsw-guest.bin && rm -rf $$tmp
 	$(VENV)/bin/vgpu-sim trace fit scenarios/captures/hsw-guest.bin --domain 1 --cpu-hz 2.8G \
-	  --platform hsw --out results/trace/hsw-guest
+	  --platform hsw --no-progress --out results/trace/hsw-guest
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build *.egg-info

@@ -241,14 +241,26 @@ def test_think_gaps_are_the_models_think_times(tiny_capture: Path) -> None:
 
 
 def test_shipped_example_fit_is_current(tmp_path: Path) -> None:
-    """The example capture still fits (the shipped fit was written by `make
-    trace-example`; its scenario validates and its report passes)."""
+    """The example capture is what the current model writes from its scenario, and its
+    shipped fit is what `trace fit` writes for it (both from `make trace-example`: run it
+    after a deliberate change to the model's timing, and review the diff)."""
     shipped = ROOT / "results" / "trace" / "hsw-guest"
+    capture = ROOT / "scenarios" / "captures" / "hsw-guest.bin"
+    fresh = model_capture(capture.with_suffix(".yaml"), tmp_path / "run")
+    assert fresh.read_bytes() == capture.read_bytes(), "stale example: make trace-example"
     assert main(["validate", str(shipped / "scenario.yaml")]) == 0
     assert "## Verdict: PASS" in (shipped / "fit.md").read_text()
-    capture = ROOT / "scenarios" / "captures" / "hsw-guest.bin"
     args = ["trace", "fit", str(capture), "--domain", "1", "--cpu-hz", "2.8G"]
     assert main([*args, "--platform", "hsw", "--out", str(tmp_path / "fit")]) == 0
+
+    def written(directory: Path) -> list[str]:
+        return sorted(p.name for p in directory.iterdir() if p.suffix in (".yaml", ".csv"))
+
+    names = written(shipped)
+    assert names == written(tmp_path / "fit")
+    for name in names:
+        again = (tmp_path / "fit" / name).read_bytes()
+        assert again == (shipped / name).read_bytes(), f"stale {name}: make trace-example"
 
 
 def test_devices_xen_emulates_get_no_service_and_a_bad_fit_is_exit_1(
