@@ -66,9 +66,10 @@ def model_capture(scenario: Path, out: Path, *extra: str) -> Path:
 
 #: A scenario with known distributions for the identifiability test: two vCPUs, one
 #: worker per vCPU (no queueing) and no dom0 wake-up (a model capture has no scheduler
-#: records, so the wake-up cannot be told from the service), p2m-ioreq-server. Costs are
-#: the model's defaults; QEMU's devices are ports and MMIO, whose exits the model prices
-#: ~4 us apart (the fit takes the model's cost off per device and direction).
+#: records, so the wake-up cannot be told from the service), p2m-ioreq-server (the test
+#: also runs it under xen-4.6), no limit on ranges (every page-table write traps). Costs
+#: are the model's defaults; QEMU's devices are ports and MMIO, whose exits the model
+#: prices ~4 us apart (the fit takes the model's cost off per device and direction).
 KNOWN = """\
 # Known distributions for the identifiability test.
 schema_version: 1

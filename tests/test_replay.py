@@ -97,8 +97,7 @@ def test_same_stream_under_two_designs(source: Path) -> None:
     p2m-ioreq-server keeps pages out of the rangeset. Same accesses, in the same order per
     vCPU; register and page-table traps slower under the list by the walk, as the cache
     model (sim.model.cache) prices it at the list's size."""
-    list_dir = _replay(source, "list")
-    listed = _per_vcpu(list_dir / "trace.csv")
+    listed = _per_vcpu(_replay(source, "list") / "trace.csv")
     p2m = _per_vcpu(_replay(source, "p2m", "xen.design=p2m-ioreq-server") / "trace.csv")
     assert listed.keys() == p2m.keys() == {"vm1/vcpu0", "vm1/vcpu1"}
     for vcpu in listed:
@@ -112,7 +111,7 @@ def test_same_stream_under_two_designs(source: Path) -> None:
     assert len(nodes) == 1
     (n,) = nodes
     assert n >= 2000 * 0.99  # 2,000 pages (a few adjacent ones merged) and BAR0
-    walks = {"mmio": [], "ppgtt_write": []}
+    walks: dict[str, list[float]] = {"mmio": [], "ppgtt_write": []}
     for a, b in pairs:
         if a["kind"] in walks:
             walk = price.walk_ns(int(a["visits"]), n)

@@ -98,7 +98,7 @@ def test_round_trip_stages_give_wakeup_service_and_resume(tmp_path: Path) -> Non
     # Stages as long as a real host's (cost-anchors §6, at 2.8 GHz: exit -> dom0 running
     # 6.7 us median, guest woken -> running 3.8 us): longer than Xen's own work on each
     # side of the device model in the model (~1.3 us before it for a port exit, ~4.9 us
-    # for an EPT violation; 0.7-1.5 us of completion and entry after the wake-up).
+    # for an EPT violation; 0.75-1.55 us of completion and entry after the wake-up).
     knobs = Knobs(
         pcpus=4,
         guests=1,
