@@ -2,25 +2,51 @@
 
 Every subcommand returns an exit status: 0 for success, 1 for a failed expectation or a
 failed run, 2 for bad input (a message naming the file, key path and problem; no
-traceback). Progress and warnings go to stderr, tables and results paths to stdout.
+traceback), and for an output location that cannot be used. Progress and warnings go to
+stderr, tables and results paths to stdout.
+
+It behaves like a Unix tool (:mod:`sim.console`): SIGTERM is handled like Ctrl-C
+(nothing half-written is left; exit 143, 130 for Ctrl-C); output piped into ``head`` ends
+quietly with status 141, as if SIGPIPE had killed it; and a stdout that cannot encode "±"
+or "µ" (an ASCII locale) gets ASCII stand-ins instead of a UnicodeEncodeError.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from sim.console import (
+    Terminated,
+    quiet_broken_pipe,
+    tty_bytes_progress,
+    tty_progress,
+    unix_behaviour,
+)
 from sim.inputs import InputError
+from sim.preflight import (
+    MAX_JOBS,
+    check_output_location,
+    describe_file,
+    int_in,
+    max_events_option,
+)
 from sim.version import __version__
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for `yes` in `yes | head`
+
+
+def _error(message: object) -> None:
+    print(f"vgpu-sim: error: {message}", file=sys.stderr)
 
 
 def _cmd_select(args: argparse.Namespace) -> int:
@@ -32,26 +58,9 @@ def _cmd_select(args: argparse.Namespace) -> int:
         try:
             status = max(status, run_case_file(Path(path), sys.stdout, verbose=not args.quiet))
         except InputError as exc:
-            print(f"vgpu-sim: error: {exc}", file=sys.stderr)
+            _error(exc)
             status = EXIT_BAD_INPUT
     return status
-
-
-@contextlib.contextmanager
-def _tty_progress(label: str, enabled: bool) -> Iterator[Callable[[float, float], None] | None]:
-    """A simulated-time progress bar on a terminal, cleared afterwards; else nothing."""
-    if not (enabled and sys.stderr.isatty()):
-        yield None
-        return
-    from tqdm import tqdm
-
-    with tqdm(total=100, desc=label, unit="%", leave=False, file=sys.stderr) as bar:
-
-        def report(now: float, end: float) -> None:
-            bar.n = min(100, int(100 * now / end)) if end else 100
-            bar.refresh()
-
-        yield report
 
 
 def _run_outputs(args: argparse.Namespace, scenario: object) -> list:
@@ -82,42 +91,63 @@ def _replay_opener(scenario: Any) -> Any:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from sim.model.scenario import load_scenario
-
+    status = EXIT_OK
     for path in args.files:
-        scenario = load_scenario(path)
-        print(f"{path}: ok ({scenario.name}, sha256 {scenario.sha256()[:12]})")
-    return EXIT_OK
+        try:
+            print(describe_file(path, args.max_events))
+        except InputError as exc:
+            _error(exc)
+            status = EXIT_BAD_INPUT
+    return status
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from sim.inputs import parse_override
-    from sim.model.runner import default_run_dir, run_to_directory
+    from sim.inputs import parse_override, validate_value
+    from sim.model.bounds import Seed
+    from sim.model.budget import RunBudgetError, estimate_run
+    from sim.model.runner import default_run_dir, no_trap_message, run_to_directory
     from sim.model.scenario import load_scenario
     from sim.model.summary import correctness_warning, format_table
 
     overrides = [parse_override(text) for text in args.set or []]
     scenario = load_scenario(args.scenario, overrides)
-    seed = scenario.seed if args.seed is None else args.seed
-    if args.out is not None:
-        out_dir = Path(args.out)
-        if out_dir.exists():
-            raise InputError(out_dir, "--out", "already exists; results are never overwritten")
-    else:
-        out_dir = default_run_dir(Path(args.results), scenario, seed)
-    with _tty_progress(scenario.name, enabled=not args.no_progress) as progress:
-        rows, totals = run_to_directory(
-            scenario,
-            seed,
-            out_dir,
-            base_dir=Path(args.scenario).parent,
-            scenario_file=str(args.scenario),
-            trace=args.trace,
-            progress=progress,
-            argv=["vgpu-sim", *sys.argv[1:]],
-            outputs=_run_outputs(args, scenario),
-            replay_opener=_replay_opener(scenario),
+    seed = scenario.seed
+    if args.seed is not None:
+        seed = validate_value(Seed, args.seed, "--seed", str(args.seed))
+    base_dir = Path(args.scenario).parent
+    estimate = estimate_run(scenario, base_dir)
+    if estimate.work > args.max_events:
+        raise InputError(
+            args.scenario,
+            "--max-events",
+            f"the run needs {estimate.describe()}, above --max-events {args.max_events:,}: "
+            "shorten duration_ms, set max_accesses or raise --max-events",
         )
+    out_dir = Path(args.out) if args.out is not None else None
+    if out_dir is None:
+        out_dir = default_run_dir(Path(args.results), scenario, seed)
+    check_output_location(out_dir)
+    try:
+        with tty_progress(scenario.name, enabled=not args.no_progress) as progress:
+            rows, totals = run_to_directory(
+                scenario,
+                seed,
+                out_dir,
+                base_dir=base_dir,
+                scenario_file=str(args.scenario),
+                trace=args.trace,
+                progress=progress,
+                argv=["vgpu-sim", *sys.argv[1:]],
+                outputs=_run_outputs(args, scenario),
+                replay_opener=_replay_opener(scenario),
+                max_events=args.max_events,
+                on_start=lambda: print(
+                    f"{scenario.name}: {estimate.describe()} expected", file=sys.stderr
+                ),
+            )
+    except RunBudgetError as exc:
+        _error(f"{args.scenario}: {exc}; nothing was written")
+        return EXIT_FAILED
     x = scenario.xen
     print(
         f"{scenario.name}: design {x.design}, rangeset {x.rangeset}, "
@@ -128,6 +158,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if warning:
         print(warning)
     print(f"results: {out_dir}")
+    if not totals["accesses"]:
+        print(f"vgpu-sim: warning: {args.scenario}: {no_trap_message(scenario)}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -137,7 +170,7 @@ def _cmd_trace_summarize(args: argparse.Namespace) -> int:
 
     path = Path(args.capture)
     big = path.is_file() and path.stat().st_size >= 64 << 20
-    with _tty_bytes_progress(path.name, enabled=big and not args.no_progress) as progress:
+    with tty_bytes_progress(path.name, enabled=big and not args.no_progress) as progress:
         summary = summarize_capture(path, args.cpu_hz, args.domain, progress)
     for warning in summary.warnings:
         print(f"vgpu-sim: warning: {path}: {warning}", file=sys.stderr)
@@ -157,26 +190,8 @@ def _cmd_trace_fit(args: argparse.Namespace) -> int:
 
     path = Path(args.capture)
     big = path.is_file() and path.stat().st_size >= 64 << 20
-    with _tty_bytes_progress(path.name, enabled=big and not args.no_progress) as progress:
+    with tty_bytes_progress(path.name, enabled=big and not args.no_progress) as progress:
         return run_fit(args, progress)
-
-
-@contextlib.contextmanager
-def _tty_bytes_progress(label: str, enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
-    """A bar over the bytes of a file being read, on a terminal only."""
-    if not (enabled and sys.stderr.isatty()):
-        yield None
-        return
-    from tqdm import tqdm
-
-    with tqdm(desc=label, unit="B", unit_scale=True, leave=False, file=sys.stderr) as bar:
-
-        def report(done: int, total: int) -> None:
-            bar.total = total
-            bar.n = done
-            bar.refresh()
-
-        yield report
 
 
 def _cpu_hz(text: str) -> float:
@@ -206,6 +221,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from sim.study.tables import format_aggregate, load_results
 
     sweep = load_sweep(args.sweep)
+    for point in sweep.points:
+        if point.work > args.max_events:
+            raise InputError(
+                args.sweep,
+                "point {" + point.describe() + "}",
+                f"a run needs ~{point.work:,.0f} events, above --max-events "
+                f"{args.max_events:,}: shorten duration_ms or raise --max-events",
+            )
     backend = args.backend or ("dask" if args.scheduler else "process")
     out_dir = Path(args.out) if args.out else default_out_dir(args.sweep)
     outcome = run_sweep(
@@ -217,11 +240,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         progress="none" if args.no_progress else None,
         plot=not args.no_plot,
         argv=["vgpu-sim", *sys.argv[1:]],
+        max_events=args.max_events,
     )
+    where = f"dask scheduler {args.scheduler}" if args.scheduler else f"{backend}, jobs {args.jobs}"
     print(
         f"{sweep.name}: {len(sweep.points)} points x {sweep.spec.replications} replications: "
         f"{outcome.ran} run, {outcome.reused} reused, {outcome.failed} failed "
-        f"({outcome.wall_s:.1f} s, {backend}, jobs {args.jobs})"
+        f"({outcome.wall_s:.1f} s, {where})"
     )
     print(format_aggregate(load_results(out_dir)))
     if outcome.failed:
@@ -246,13 +271,6 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vgpu-sim",
@@ -261,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
             "write-protected PPGTT pages) to ioreq servers, and what rangeset size does "
             "to trap latency and correctness."
         ),
-        epilog="Exit status: 0 ok, 1 a check or run failed, 2 bad input.",
+        epilog="Exit status: 0 ok, 1 a check or run failed, 2 bad input or an unusable "
+        "output location; 130 Ctrl-C, 143 SIGTERM, 141 a closed output pipe.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -282,10 +301,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "validate",
-        help="check scenario files without running them",
-        description="Load and fully validate scenario files (schema, presets, CSVs).",
+        help="check scenario, sweep and case files without running them",
+        description="Load and fully validate scenario files (schema, presets, CSVs, the "
+        "expected size of a run), sweep files (every point) and case files, recognising "
+        "each by its keys. Every file is checked; exit 2 if any is bad.",
     )
-    p.add_argument("files", nargs="+", metavar="SCENARIO.yaml")
+    p.add_argument("files", nargs="+", metavar="FILE.yaml")
+    max_events_option(p)
     p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser(
@@ -294,11 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Run one scenario through the SimPy model and write manifest.json and "
             "summary.csv (and trace.csv with --trace) to results/<scenario>/<run-id>/, "
-            "or to --out DIR. The directory appears only when the run succeeds."
+            "or to --out DIR. The directory appears only when the run succeeds. Exit 1 "
+            "if the run measured no trap."
         ),
     )
     p.add_argument("scenario", metavar="SCENARIO.yaml")
-    p.add_argument("--seed", type=int, help="override the scenario's seed")
+    p.add_argument("--seed", type=int, help="override the scenario's seed (0 .. 2^64-1)")
     p.add_argument("--out", metavar="DIR", help="write the run to DIR (must not exist)")
     p.add_argument(
         "--results", default="results", metavar="ROOT", help="results root (default: results)"
@@ -319,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
         "summarize' and by xenalyze",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar even on a TTY")
+    max_events_option(p)
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser(
@@ -365,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from sim.trace.fitcli import add_fit_parser
 
-    t = add_fit_parser(trace_sub, cpu_hz=_cpu_hz, positive_int=_positive_int)
+    t = add_fit_parser(trace_sub, cpu_hz=_cpu_hz, positive_int=int_in(1, 100_000_000))
     t.set_defaults(func=_cmd_trace_fit)
 
     p = sub.add_parser(
@@ -388,9 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep",
         help="run a sweep file's points in parallel and draw its figures",
         description=(
-            "Expand a sweep file (base scenario x axes x replications), run every point "
-            "on a local process pool or on dask.distributed, and write points/, "
-            "points.csv, aggregate.csv (mean and 95% CI) and the figures to "
+            "Expand a sweep file (base scenario x axes x replications), report its size, "
+            "run every point on a local process pool or on dask.distributed, and write "
+            "points/, points.csv, aggregate.csv (mean and 95% CI) and the figures to "
             "results/sweeps/<sweep>/ or --out DIR. Finished runs are kept: running the "
             "same sweep again skips them and retries failed ones. Exit 1 if any run failed."
         ),
@@ -398,8 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sweep", metavar="SWEEP.yaml")
     p.add_argument(
         "--jobs",
-        type=_positive_int,
-        default=os.cpu_count() or 1,
+        type=int_in(1, MAX_JOBS),
+        default=min(os.cpu_count() or 1, MAX_JOBS),
         metavar="N",
         help="parallel workers (default: the number of CPUs); 1 runs in this process",
     )
@@ -412,14 +436,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--scheduler",
         metavar="ADDRESS",
-        help="an existing dask scheduler, e.g. tcp://host:8786 (implies dask); its workers "
-        "need vgpu-sim installed and any empirical CSVs at the same paths",
+        help="an existing dask scheduler, e.g. tcp://host:8786 (implies dask; connected "
+        "to before anything is written); its workers need vgpu-sim installed and any "
+        "empirical CSVs at the same paths",
     )
     p.add_argument(
         "--out", metavar="DIR", help="results directory (default: results/sweeps/<sweep>)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
     p.add_argument("--no-plot", action="store_true", help="write the CSVs but no figures")
+    max_events_option(p)
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser(
@@ -439,11 +465,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
-    try:
-        return func(args)
-    except InputError as exc:
-        print(f"vgpu-sim: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("vgpu-sim: interrupted", file=sys.stderr)
-        return 130
+    with unix_behaviour():
+        try:
+            return func(args)
+        except BrokenPipeError:
+            quiet_broken_pipe()
+            return EXIT_BROKEN_PIPE
+        except InputError as exc:
+            _error(exc)
+            return EXIT_BAD_INPUT
+        except Terminated:
+            print("vgpu-sim: terminated", file=sys.stderr)
+            return EXIT_TERMINATED
+        except KeyboardInterrupt:
+            print("vgpu-sim: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED

@@ -257,14 +257,16 @@ class CountingRunPoint:
         self.fail_pages = fail_pages
         self.interrupt_after = interrupt_after
 
-    def __call__(self, config: dict[str, Any], seed: int, base_dir: str) -> dict[str, Any]:
+    def __call__(
+        self, config: dict[str, Any], seed: int, base_dir: str, max_events: int = 10**9
+    ) -> dict[str, Any]:
         pages = config["guests"][0]["vgpu"]["ppgtt"]["live_pages"]
         if self.interrupt_after is not None and len(self.calls) == self.interrupt_after:
             raise KeyboardInterrupt
         self.calls.append((pages, seed))
         if pages == self.fail_pages and config["xen"]["design"] == "p2m-ioreq-server":
             raise RuntimeError("injected failure")
-        return sim.model.runner.run_point(config, seed, base_dir)
+        return sim.model.runner.run_point(config, seed, base_dir, max_events)
 
 
 def test_rerun_skips_finished_points_and_redoes_a_deleted_one(
@@ -339,7 +341,10 @@ def test_interrupt_keeps_finished_points_and_writes_no_csv(
     assert not (out / "aggregate.csv").exists()
     leftovers = [p.name for p in out.rglob("*") if p.name.endswith(".tmp")]
     assert leftovers == []
-    assert json.loads((out / "sweep.json").read_text())["status"] == "running"
+    # Issue #9 item 24: the manifest says so, rather than "running" forever.
+    manifest = json.loads((out / "sweep.json").read_text())
+    assert manifest["status"] == "interrupted"
+    assert manifest["runs"] == {"total": 8, "reused": 0, "finished": 3}
 
     monkeypatch.setattr(sim.study.executors, "run_point", CountingRunPoint(interrupt_after=0))
     assert main(["sweep", str(tiny), "--jobs", "1", "--out", str(out), "--no-plot"]) == 130
@@ -351,7 +356,9 @@ def test_interrupt_keeps_finished_points_and_writes_no_csv(
     assert (out / "points.csv").exists()
 
 
-def _slow_marked_run(config: dict[str, Any], seed: int, base_dir: str) -> dict[str, Any]:
+def _slow_marked_run(
+    config: dict[str, Any], seed: int, base_dir: str, max_events: int = 0
+) -> dict[str, Any]:
     """Stands in for run_point in forked workers: leaves a marker, takes a while."""
     (Path(base_dir) / f"ran-{seed}").touch()
     time.sleep(0.3)
@@ -366,7 +373,7 @@ def test_stopping_the_process_pool_runs_no_more_queued_tasks(
     # Forked workers inherit the stand-in; the point is the parent's cancelling.
     monkeypatch.setattr(sim.study.executors, "run_point", _slow_marked_run)
     monkeypatch.setattr(sim.study.executors, "process_start_method", lambda: "fork")
-    items = [(i, ({}, i, str(tmp_path))) for i in range(30)]
+    items = [(i, ({}, i, str(tmp_path), 1000)) for i in range(30)]
     outcomes = sim.study.executors._run_process_pool(items, jobs=2)
     next(outcomes)
     outcomes.close()  # what an interrupt in the consuming loop does

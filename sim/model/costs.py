@@ -8,15 +8,15 @@ path is in :mod:`sim.model.processes`; node visits are priced by :mod:`sim.model
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from pydantic import Field
 
-from sim.inputs import StrictModel
+from sim.inputs import StrictModel, bounded
 
 #: A cost of one step, ns. No single step of the trap path comes near a millisecond; a
 #: value above that is a typo (a unit slip), not a measurement.
-CostNs = Annotated[float, Field(ge=0, le=1_000_000)]
+CostNs = bounded(
+    float, 0, 1_000_000, "no step of the trap path comes near 1 ms: more is a unit slip"
+)
 
 
 class Costs(StrictModel):

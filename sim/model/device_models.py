@@ -9,11 +9,11 @@ server, whose wake-up and service are fitted to a real capture ([TRACE],
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import Field
 
-from sim.inputs import StrictModel
+from sim.inputs import StrictModel, bounded
 from sim.model.dists import AnyDist, Dist, LognormalDist, lognorm
 
 
@@ -40,7 +40,7 @@ ServiceOrder = Literal["fifo", "vcpu-index"]
 
 
 class DeviceModel(StrictModel):
-    workers: Annotated[int, Field(ge=1, le=64)] = Field(
+    workers: bounded(int, 1, 64, "more threads than a guest has vCPUs are never all busy") = Field(  # type: ignore[valid-type]
         1,
         description="[CODE] threads serving this server's ioreqs; XenGT runs one "
         "vgt_emulation kthread per VM (intel/XenGT-Preview-kernel xengt.c, xen_hvm_init). "

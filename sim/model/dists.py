@@ -8,16 +8,19 @@ a CSV column of ns values, read once per file version.
 from __future__ import annotations
 
 import csv
-import math
+import io
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from sim.inputs import InputError, StrictModel
+from sim.inputs import InputError, StrictModel, bounded, echo, read_input_text
+from sim.model.bounds import MAX_STEP_NS, NonNeg, Positive, Sigma
 
-NonNeg = Annotated[float, Field(ge=0)]
-Positive = Annotated[float, Field(gt=0)]
+#: An empirical CSV is at most this large, and holds at most this many values: plenty to
+#: resample a measured distribution, and read in about a second.
+MAX_EMPIRICAL_BYTES = 32 << 20
+MAX_EMPIRICAL_VALUES = 1_000_000
 
 
 # -- distributions --------------------------------------------------------------------
@@ -48,7 +51,7 @@ class LognormalDist(StrictModel):
 
     dist: Literal["lognormal"]
     mean_ns: Positive
-    sigma: NonNeg
+    sigma: Sigma
 
 
 class GammaDist(StrictModel):
@@ -56,7 +59,7 @@ class GammaDist(StrictModel):
 
     dist: Literal["gamma"]
     mean_ns: Positive
-    shape: Annotated[float, Field(gt=0, le=1e6)]
+    shape: bounded(float, 0, 1e6, "k = 1e6 is already a constant to 0.1%", above_low=True)  # type: ignore[valid-type]
 
 
 class EmpiricalDist(StrictModel):
@@ -64,8 +67,8 @@ class EmpiricalDist(StrictModel):
     scenario file). ``column`` names a header column; without it the first column."""
 
     dist: Literal["empirical"]
-    file: str
-    column: str | None = None
+    file: Annotated[str, Field(min_length=1, max_length=4096)]  # PATH_MAX
+    column: Annotated[str, Field(max_length=256)] | None = None
 
 
 AnyDist = ConstantDist | ExponentialDist | UniformDist | LognormalDist | GammaDist | EmpiricalDist
@@ -93,20 +96,27 @@ _EMPIRICAL_CACHE: dict[tuple[str, str | None, int, int], list[float]] = {}
 def read_empirical(base: Path, dist: EmpiricalDist, file: str | Path, keypath: str) -> list[float]:
     """Values of an empirical distribution's CSV column; errors name the scenario key."""
     path = (base / dist.file).resolve()
+    where = f"{keypath}.file"
     try:
         st = path.stat()
     except OSError as exc:
-        raise InputError(file, f"{keypath}.file", f"cannot read {dist.file}: {exc}") from None
+        raise InputError(file, where, f"cannot read {echo(dist.file)}: {exc.strerror}") from None
     cache_key = (str(path), dist.column, st.st_size, st.st_mtime_ns)
     if cache_key in _EMPIRICAL_CACHE:
         return _EMPIRICAL_CACHE[cache_key]
     try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            rows = [r for r in csv.reader(fh) if r and any(c.strip() for c in r)]
-    except OSError as exc:
-        raise InputError(file, f"{keypath}.file", f"cannot read {dist.file}: {exc}") from None
+        text = read_input_text(path, MAX_EMPIRICAL_BYTES)
+        rows = [r for r in csv.reader(io.StringIO(text)) if r and any(c.strip() for c in r)]
+    except InputError as exc:
+        raise InputError(file, where, f"{echo(dist.file)} {exc.problem}") from None
+    except csv.Error as exc:  # a NUL byte, a field over the csv module's limit
+        raise InputError(file, where, f"{echo(dist.file)} is not a CSV file: {exc}") from None
     if not rows:
-        raise InputError(file, f"{keypath}.file", f"{dist.file} has no values")
+        raise InputError(file, where, f"{echo(dist.file)} has no values")
+    if len(rows) > MAX_EMPIRICAL_VALUES + 1:
+        raise InputError(
+            file, where, f"{echo(dist.file)} has over {MAX_EMPIRICAL_VALUES} rows; resample it"
+        )
     col = 0
     header = rows[0]
     try:
@@ -117,7 +127,7 @@ def read_empirical(base: Path, dist: EmpiricalDist, file: str | Path, keypath: s
     if dist.column is not None:
         if not has_header or dist.column not in header:
             raise InputError(
-                file, f"{keypath}.column", f"{dist.file} has no column {dist.column!r}"
+                file, f"{keypath}.column", f"{echo(dist.file)} has no column {echo(dist.column)}"
             )
         col = header.index(dist.column)
     values: list[float] = []
@@ -125,15 +135,15 @@ def read_empirical(base: Path, dist: EmpiricalDist, file: str | Path, keypath: s
         try:
             v = float(row[col])
         except (ValueError, IndexError):
+            raise InputError(file, where, f"{echo(dist.file)} row {lineno}: not a number") from None
+        if not 0 <= v <= MAX_STEP_NS:  # also refuses nan
             raise InputError(
-                file, f"{keypath}.file", f"{dist.file} row {lineno}: not a number"
-            ) from None
-        if not math.isfinite(v) or v < 0:
-            raise InputError(
-                file, f"{keypath}.file", f"{dist.file} row {lineno}: {v} is not a duration >= 0"
+                file,
+                where,
+                f"{echo(dist.file)} row {lineno}: {v} is not a duration in [0, 6e10] ns",
             )
         values.append(v)
     if not values:
-        raise InputError(file, f"{keypath}.file", f"{dist.file} has no values")
+        raise InputError(file, where, f"{echo(dist.file)} has no values")
     _EMPIRICAL_CACHE[cache_key] = values
     return values

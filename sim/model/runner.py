@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from sim.model.budget import DEFAULT_MAX_EVENTS
 from sim.model.recorder import RunResult, Trap
 from sim.model.replay import ReplayOpener
 from sim.model.scenario import Scenario, guest_instances
@@ -29,6 +30,7 @@ TRACE_COLUMNS = (
     "t_selected_ns",
     "t_served_ns",
     "t_resumed_ns",
+    "warmup",
 )
 
 
@@ -38,7 +40,13 @@ TRACE_COLUMNS = (
 TrapOutput = Callable[[Path], contextlib.AbstractContextManager[Callable[[Trap], None]]]
 
 
-def _trace_writer(fh: TextIO) -> Callable[[Trap], None]:
+class NoTrapMeasuredError(RuntimeError):
+    """A sweep point whose run measured no trap: its statistics would be empty."""
+
+
+def _trace_writer(fh: TextIO, warmup_ns: float) -> Callable[[Trap], None]:
+    """One row per trap; ``warmup`` is 1 for a trap before ``warmup_ms`` (left out of the
+    statistics), else 0."""
     w = csv.writer(fh, lineterminator="\n")
     w.writerow(TRACE_COLUMNS)
 
@@ -58,6 +66,7 @@ def _trace_writer(fh: TextIO) -> Callable[[Trap], None]:
                 f"{t.t_selected:.1f}",
                 f"{t.t_served:.1f}",
                 f"{t.t_resumed:.1f}",
+                1 if t.t_trap < warmup_ns else 0,
             )
         )
 
@@ -76,6 +85,10 @@ def _fan_out(sinks: list[Callable[[Trap], None]]) -> Callable[[Trap], None] | No
 
 
 def default_run_dir(root: Path, scenario: Scenario, seed: int) -> Path:
+    # The schema makes a name one path component that does not start with a dot; a
+    # Scenario built around the schema must not write outside ``root`` either.
+    if Path(scenario.name).name != scenario.name or scenario.name.startswith("."):
+        raise ValueError(f"scenario name {scenario.name!r} is not one path component")
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     base = root / scenario.name / f"{stamp}-seed{seed}-{scenario.sha256()[:8]}"
     candidate, n = base, 1
@@ -97,9 +110,12 @@ def run_to_directory(
     argv: list[str] | None = None,
     outputs: Sequence[TrapOutput] = (),
     replay_opener: ReplayOpener | None = None,
+    max_events: int = DEFAULT_MAX_EVENTS,
+    on_start: Callable[[], None] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Run and write ``manifest.json``, ``summary.csv`` (and ``trace.csv``, and whatever
-    ``outputs`` write) atomically."""
+    ``outputs`` write) atomically. ``on_start`` is called once the model is built, just
+    before it runs."""
     started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     with atomic_directory(out_dir) as tmp:
         with contextlib.ExitStack() as stack:
@@ -108,7 +124,7 @@ def run_to_directory(
                 trace_fh = stack.enter_context(
                     (tmp / "trace.csv").open("w", encoding="utf-8", newline="")
                 )
-                sinks.append(_trace_writer(trace_fh))
+                sinks.append(_trace_writer(trace_fh, scenario.warmup_ms * 1e6))
             sinks.extend(stack.enter_context(output(tmp)) for output in outputs)
             sim = Simulation(
                 scenario,
@@ -117,7 +133,9 @@ def run_to_directory(
                 trace=_fan_out(sinks),
                 replay_opener=replay_opener,
             )
-            result = sim.run(progress=progress)
+            if on_start is not None:  # the model is built: its inputs were good
+                on_start()
+            result = sim.run(progress=progress, max_events=max_events)
         rows = summarize(result)
         man = manifest(
             scenario,
@@ -132,8 +150,10 @@ def run_to_directory(
     return rows, man["totals"]
 
 
-def run_in_memory(scenario: Scenario, seed: int, base_dir: Path) -> RunResult:
-    return Simulation(scenario, seed, base_dir=base_dir).run()
+def run_in_memory(
+    scenario: Scenario, seed: int, base_dir: Path, max_events: int = DEFAULT_MAX_EVENTS
+) -> RunResult:
+    return Simulation(scenario, seed, base_dir=base_dir).run(max_events=max_events)
 
 
 #: Columns of one sweep point's record, after the sweep's axes and replication.
@@ -161,7 +181,9 @@ POINT_COLUMNS = (
 )
 
 
-def run_point(config: dict[str, Any], seed: int, base_dir: str) -> dict[str, Any]:
+def run_point(
+    config: dict[str, Any], seed: int, base_dir: str, max_events: int = DEFAULT_MAX_EVENTS
+) -> dict[str, Any]:
     """Run one validated scenario configuration and return its point record.
 
     Picklable inputs and outputs only (plain dicts), so that any executor can ship it.
@@ -174,11 +196,14 @@ def run_point(config: dict[str, Any], seed: int, base_dir: str) -> dict[str, Any
     cache model prices them. ``vgpus`` counts the guests (each has a vGPU); the
     ``dom0_*`` columns are dom0's vCPU utilisation (mean, busiest, and the sum in CPUs'
     worth), ``dm_util_max`` the busiest device-model thread's, ``lock_wait_ns`` the mean
-    time a trap spun on a rangeset lock held by a map or unmap.
+    time a trap spun on a rangeset lock held by a map or unmap. A run that measured no
+    trap raises :class:`NoTrapMeasuredError`: a point with no data.
     """
     scenario = Scenario.model_validate(config, strict=False)
-    result = run_in_memory(scenario, seed, Path(base_dir))
+    result = run_in_memory(scenario, seed, Path(base_dir), max_events)
     tot = totals(result)
+    if not tot["accesses"]:
+        raise NoTrapMeasuredError(no_trap_message(scenario))
     stats = tot["overall"]
     vgpu = overall(result, server="xengt")
     use = tot["cpu_use"]
@@ -205,3 +230,11 @@ def run_point(config: dict[str, Any], seed: int, base_dir: str) -> dict[str, Any
         "dm_util_max": max(use["threads"].values(), default=0.0),
         "lock_wait_ns": tot["lock_wait_per_trap_ns"],
     }
+
+
+def no_trap_message(scenario: Scenario) -> str:
+    measured = scenario.duration_ms - scenario.warmup_ms
+    return (
+        f"no trap was measured in the {measured:g} ms after warm-up, so there are no "
+        "statistics: lengthen duration_ms or shorten the guests' think time"
+    )

@@ -7,18 +7,26 @@ published figure, [HERE] measured on this project's machines, [ASSUMPTION] a pro
 default with no primary number, to be swept rather than trusted.
 
 Durations carry their unit in the key name (``_ns``, ``_ms``). Simulated time is in ns.
+
+Every number has a finite range a real system could have, made with
+:func:`sim.inputs.bounded`, which records why (``tests/test_bounds.py`` fails for a number
+without one). Checks that need several fields (RAM against page tables and BARs, address
+ranges that must not overlap) are validators here; a trap cycle that could take no
+simulated time is refused by :func:`sim.model.budget.zero_time_cycles`, called from
+:func:`scenario_from_data`.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     Field,
@@ -27,7 +35,34 @@ from pydantic import (
     model_validator,
 )
 
-from sim.inputs import InputError, StrictModel, load_yaml, set_keypath, validate
+from sim.inputs import (
+    InputError,
+    StrictModel,
+    bounded,
+    load_yaml,
+    parse_yaml,
+    read_input_text,
+    set_keypath,
+    validate,
+)
+from sim.model.bounds import (
+    MAX_GUESTS,
+    Addr,
+    DurationMs,
+    Fraction,
+    LifetimeMs,
+    MaxAccesses,
+    MaxIoRanges,
+    Name,
+    Pages,
+    PagesAtLeastOne,
+    Port,
+    RamMb,
+    Seed,
+    Vcpus,
+    WarmupMs,
+    guest_layout_problem,
+)
 from sim.model.costs import Costs
 from sim.model.device_models import (
     QemuDeviceModel,
@@ -38,8 +73,6 @@ from sim.model.devices import Device, Replay, check_devices, conflicting_guest_k
 from sim.model.dists import (
     Dist,
     EmpiricalDist,
-    NonNeg,
-    Positive,
     expo,
     read_empirical,
 )
@@ -48,11 +81,10 @@ from sim.xen.abi import parse_pci_slot
 from sim.xen.profiles import VERSIONS, Design, resolve
 
 SCHEMA_VERSION = 1
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 PRESET_DIR = Path(__file__).parent / "presets"
 PLATFORMS = ("hsw", "bdw")
 ACCESS_KINDS = ("mmio", "pio", "ppgtt_write", "other")
-
-Addr = Annotated[int, Field(ge=0, le=(1 << 64) - 1)]
 
 
 def _ordered_range(value: list[int]) -> list[int]:
@@ -68,6 +100,7 @@ def _pci_address(value: str) -> str:
 
 # A YAML list [start, end]: strict validation refuses lists for tuple types.
 AddrRange = Annotated[list[Addr], Field(min_length=2, max_length=2), AfterValidator(_ordered_range)]
+PortRange = Annotated[list[Port], Field(min_length=2, max_length=2), AfterValidator(_ordered_range)]
 
 
 # -- the model's parts ----------------------------------------------------------------------
@@ -90,7 +123,7 @@ class XenConfig(StrictModel):
         description="list: Xen's linked list (4.5..master). rbtree: proposed by the 2015 "
         "series, never landed upstream.",
     )
-    max_nr_io_ranges: Annotated[int, Field(ge=0)] | None = Field(
+    max_nr_io_ranges: MaxIoRanges | None = Field(
         256,
         description="[CODE] MAX_NR_IO_RANGES = 256 (xen/include/asm-x86/hvm/domain.h "
         "@4.6). Intel's XenGT tree: 512 (intel/Igvtg-xen 4bc17c1aef). null: unlimited.",
@@ -117,22 +150,22 @@ class XenConfig(StrictModel):
 
 
 class Ppgtt(StrictModel):
-    live_pages: Annotated[int, Field(ge=0)] = Field(
+    live_pages: Pages = Field(
         description="Page-table pages write-protected per vGPU at steady state; from the "
         "platform preset unless given."
     )
-    pages_per_ppgtt: Annotated[int, Field(ge=1)] = Field(
+    pages_per_ppgtt: PagesAtLeastOne = Field(
         description="Pages in one PPGTT; from the platform preset unless given."
     )
-    max_pages_per_ppgtt: Annotated[int, Field(ge=1)] = Field(
+    max_pages_per_ppgtt: PagesAtLeastOne = Field(
         description="[CODE] geometry bound from the platform preset (i915_gem_gtt.h)."
     )
-    lifetime_ms: Positive | None = Field(
+    lifetime_ms: LifetimeMs | None = Field(
         None,
         description="[ASSUMPTION] each PPGTT is destroyed (pages unprotected) and replaced "
         "by a fresh one after this long; null: PPGTTs live for the whole run.",
     )
-    contiguity: Annotated[float, Field(ge=0, le=1)] = Field(
+    contiguity: Fraction = Field(
         0.0,
         description="[ASSUMPTION] probability that a PPGTT's next page frame follows the "
         "previous one; adjacent pages merge into one rangeset node (rangeset.c).",
@@ -154,13 +187,13 @@ class Vgpu(StrictModel):
         description="[PUB] HSW BAR0, 2 MB MMIO + 2 MB GTT, trapped as one range "
         "(intel/XenGT-Preview-xen issue #27 boot log).",
     )
-    vga_ports: AddrRange = Field(
+    vga_ports: PortRange = Field(
         [0x3B0, 0x3DF], description="[PUB] trapped PIO range in the same boot log."
     )
-    pci: Annotated[str, AfterValidator(_pci_address)] = Field(
+    pci: Annotated[str, Field(max_length=16), AfterValidator(_pci_address)] = Field(
         "00:02.0", description="[CODE] the integrated GPU's PCI address."
     )
-    mmio_read_fraction: Annotated[float, Field(ge=0, le=1)] = Field(
+    mmio_read_fraction: Fraction = Field(
         0.5, description="[ASSUMPTION] share of register MMIO traps that are reads."
     )
     ppgtt: Ppgtt
@@ -178,8 +211,8 @@ class OtherDevices(StrictModel):
         description="[ASSUMPTION] a NIC BAR above the GPU BAR, so a list walk passes "
         "every XenGT node before missing.",
     )
-    ports: AddrRange = Field([0xC000, 0xC03F], description="[ASSUMPTION] an I/O BAR.")
-    mmio_fraction: Annotated[float, Field(ge=0, le=1)] = Field(
+    ports: PortRange = Field([0xC000, 0xC03F], description="[ASSUMPTION] an I/O BAR.")
+    mmio_fraction: Fraction = Field(
         0.5, description="[ASSUMPTION] share of 'other' traps that are MMIO rather than PIO."
     )
 
@@ -187,10 +220,10 @@ class OtherDevices(StrictModel):
 class Mix(StrictModel):
     """Share of each trap kind; the shares must sum to 1."""
 
-    mmio: Annotated[float, Field(ge=0)] = 0.55
-    pio: Annotated[float, Field(ge=0)] = 0.05
-    ppgtt_write: Annotated[float, Field(ge=0)] = 0.30
-    other: Annotated[float, Field(ge=0)] = 0.10
+    mmio: Fraction = 0.55
+    pio: Fraction = 0.05
+    ppgtt_write: Fraction = 0.30
+    other: Fraction = 0.10
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> Mix:
@@ -206,21 +239,21 @@ MAX_GUEST_COUNT = 64
 
 
 class Guest(StrictModel):
-    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
-    count: Annotated[int, Field(ge=1, le=MAX_GUEST_COUNT)] = Field(
+    name: Name
+    count: bounded(int, 1, MAX_GUEST_COUNT, "gVirt ran 7 vGPUs per host, gScale 15") = Field(  # type: ignore[valid-type]
         1,
         description="Identical guests this entry stands for, each a domain of its own with "
         "its own vGPU, device models and random streams, named <name>-1 .. <name>-N when "
         "N > 1. At most 64 (gVirt ran 7 vGPUs per host, gScale 15: cost-anchors §1.6).",
     )
-    vcpus: Annotated[int, Field(ge=1)] = 1
+    vcpus: Vcpus = 1
     think: Dist = Field(
         default_factory=lambda: expo(50_000),
         description="[ASSUMPTION] guest run time between traps: 20,000 traps/s per vCPU, "
         "inside the 1e3..1e5 range of cost-anchors §1.6 (trap rates not published).",
     )
     mix: Mix = Field(default_factory=Mix, description="[ASSUMPTION] trap mix.")
-    ram_mb: Annotated[int, Field(ge=16)] = Field(
+    ram_mb: RamMb = Field(
         2048,
         description="[PUB] XenGT 2016-Q1 release: at least 2 GB guest memory for 3D "
         "(cost-anchors §1.6). Page-table frames are drawn from it.",
@@ -259,6 +292,9 @@ class Guest(StrictModel):
             )
         if self.devices is not None:
             check_devices(self.devices)
+        problem = guest_layout_problem(self)
+        if problem:
+            raise ValueError(problem)
         return self
 
     @model_serializer(mode="wrap")
@@ -275,17 +311,20 @@ OPTIONAL_GUEST_KEYS = ("vcpu_think", "devices", "replay")
 
 class Scenario(StrictModel):
     schema_version: Literal[1]
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
-    description: str = ""
+    name: Name = Field(
+        description="Names the results directory results/<name>/: one path component, "
+        "not starting with a dot."
+    )
+    description: Annotated[str, Field(max_length=4096)] = ""
     platform: Literal["hsw", "bdw"]
-    seed: Annotated[int, Field(ge=0)] = 0
-    duration_ms: Positive
-    warmup_ms: NonNeg = 0.0
-    max_accesses: Annotated[int, Field(ge=1)] | None = None
+    seed: Seed = 0
+    duration_ms: DurationMs
+    warmup_ms: WarmupMs = 0.0
+    max_accesses: MaxAccesses | None = None
     xen: XenConfig = Field(default_factory=XenConfig)
     costs: Costs = Field(default_factory=Costs)
     host: Host = Field(description="The host; host.cpu comes from the platform preset.")
-    guests: Annotated[list[Guest], Field(min_length=1)]
+    guests: Annotated[list[Guest], Field(min_length=1, max_length=MAX_GUESTS)]
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:
@@ -331,7 +370,13 @@ def guest_instances(scenario: Scenario) -> list[tuple[Guest, str]]:
 def load_preset(platform: str) -> dict[str, Any]:
     """The preset's values (``sim/model/presets/<platform>.yaml``): ``ppgtt`` merges under
     each guest's ``vgpu``, ``cpu`` under ``host``."""
-    data = yaml.safe_load((PRESET_DIR / f"{platform}.yaml").read_text(encoding="utf-8"))
+    return copy.deepcopy(_preset(platform))
+
+
+@functools.cache
+def _preset(platform: str) -> dict[str, Any]:
+    path = PRESET_DIR / f"{platform}.yaml"
+    data = parse_yaml(read_input_text(path), path)
     assert isinstance(data, dict)
     return data
 
@@ -353,7 +398,16 @@ def expand(raw: Any, file: str | Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise InputError(file, "(top level)", "a scenario must be a mapping of keys")
     data = copy.deepcopy(raw)
-    data.setdefault("name", Path(file).stem)
+    if "name" not in data:
+        stem = Path(file).stem
+        if not _NAME.fullmatch(stem) or len(stem) > 64:
+            raise InputError(
+                file,
+                "(file name)",
+                f"{stem!r} is not a scenario name (letters, digits, _ . -, not starting with "
+                "a dot, at most 64): rename the file or give the scenario a name: key",
+            )
+        data["name"] = stem
     platform = data.get("platform")
     if platform not in PLATFORMS:
         return data
@@ -394,6 +448,10 @@ def scenario_from_data(
             raise InputError(
                 file, f"guests[{gi}].replay.capture", f"{g.replay.capture}: no such file"
             )
+    from sim.model.budget import zero_time_cycles
+
+    for keypath, problem in zero_time_cycles(scenario, base):
+        raise InputError(file, keypath, problem)
     return scenario
 
 

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import simpy
 
 from sim.inputs import InputError
+from sim.model.budget import DEFAULT_MAX_EVENTS, run_until
 from sim.model.cache import VisitCost
 from sim.model.cpu import Busy, Cpu, CpuPool
 from sim.model.devices import DeviceAccessGenerator
@@ -269,15 +270,28 @@ class Simulation:
         if not self.stop.triggered:
             self.stop.succeed()
 
-    def run(self, progress: Callable[[float, float], None] | None = None) -> RunResult:
+    def run(
+        self,
+        progress: Callable[[float, float], None] | None = None,
+        max_events: int = DEFAULT_MAX_EVENTS,
+    ) -> RunResult:
         """Run to ``duration_ms`` (or ``max_accesses``). ``progress(now, end)`` is called
-        from a low-rate SimPy process, never from the hot path."""
+        from a low-rate SimPy process, never from the hot path. Past ``max_events``
+        (events plus map/unmap hypercalls) the run stops with
+        :class:`sim.model.budget.RunBudgetError`."""
         env = self.env
         env.process(self._timer())
         if progress is not None:
             env.process(self._progress(progress))
         t0 = time.perf_counter()
-        env.run(until=self.stop)
+        c = self.recorder.counters
+        self.events = run_until(
+            env,
+            self.stop,
+            max_events,
+            lambda: c.maps + c.unmaps,
+            lambda: f"{env.now / NS_PER_MS:.6g} ms of {self.end_ns / NS_PER_MS:.6g} ms simulated",
+        )
         wall = time.perf_counter() - t0
         end = env.now
         ranges = {

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from sim.model.bounds import FIRST_RAM_GFN  # page tables start above the first MiB
 from sim.model.scenario import ACCESS_KINDS, Guest
 from sim.model.streams import BlockSampler
 from sim.xen.abi import PAGE_SHIFT
 from sim.xen.ioreq import Access
-
-FIRST_RAM_GFN = 0x100  # page tables are not placed in the first MiB (legacy VGA/BIOS area)
 
 
 class LivePages:

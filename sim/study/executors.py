@@ -1,33 +1,49 @@
 """Executors: run a sweep's tasks serially, on a local process pool, or on dask.distributed.
 
-Every executor ships plain data only, ``(config, seed, base_dir)``, to
+Every executor ships plain data only, ``(config, seed, base_dir, max_events)``, to
 :func:`execute_task`, which runs :func:`sim.model.runner.run_point` and turns an exception
 into an outcome with its error, so that one bad point never stops the sweep. Outcomes
 come back in completion order as ``(task index, outcome)``; the caller re-sorts them.
-dask is the optional extra ``vgpu-sim[dask]``, imported only when chosen.
+dask is the optional extra ``vgpu-sim[dask]``, imported only when chosen; a scheduler
+given by address is connected to when the executor is made, before anything is written.
+
+Pool workers exit on their own when the sweep's process dies, even by SIGKILL: Linux's
+``PR_SET_PDEATHSIG`` kills them when their parent goes, and a watchdog thread in each
+worker exits it once its parent changes or the sweep's process is gone (other systems,
+and the forkserver's extra generation).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import functools
 import multiprocessing
+import os
+import signal
 import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
 from typing import Any
 
-from sim.inputs import InputError
+from sim.inputs import InputError, echo
+from sim.model.budget import DEFAULT_MAX_EVENTS
 from sim.model.runner import run_point
+from sim.results import process_alive
 
 BACKENDS = ("process", "dask")
 
 DASK_INSTALL_HINT = "pip install 'vgpu-sim[dask]'"
 
 
-def execute_task(config: dict[str, Any], seed: int, base_dir: str) -> dict[str, Any]:
+def execute_task(
+    config: dict[str, Any], seed: int, base_dir: str, max_events: int = DEFAULT_MAX_EVENTS
+) -> dict[str, Any]:
     """Run one (point, replication) and return its outcome; runs inside a worker.
 
     An exception becomes an outcome with its error, so that one bad point never stops
@@ -35,7 +51,7 @@ def execute_task(config: dict[str, Any], seed: int, base_dir: str) -> dict[str, 
     """
     started = time.perf_counter()
     try:
-        record = run_point(config, seed, base_dir)
+        record = run_point(config, seed, base_dir, max_events=max_events)
     except Exception as exc:
         return {
             "record": None,
@@ -46,7 +62,7 @@ def execute_task(config: dict[str, Any], seed: int, base_dir: str) -> dict[str, 
     return {"record": record, "error": None, "wall_s": time.perf_counter() - started}
 
 
-WorkItem = tuple[dict[str, Any], int, str]  # (config, seed, base_dir): plain data only
+WorkItem = tuple[dict[str, Any], int, str, int]  # (config, seed, base_dir, max_events)
 
 Outcomes = Iterator[tuple[int, dict[str, Any]]]  # (task index, outcome), completion order
 
@@ -64,8 +80,44 @@ def _failure(exc: BaseException) -> dict[str, Any]:
 
 
 def _run_serial(items: list[tuple[int, WorkItem]]) -> Outcomes:
-    for key, (config, seed, base_dir) in items:
-        yield key, execute_task(config, seed, base_dir)
+    for key, item in items:
+        yield key, execute_task(*item)
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+WATCH_INTERVAL_S = 0.25
+
+
+def _exit_with_parent(sweep_pid: int) -> None:
+    """The pool's worker initializer: make this worker exit when the sweep dies.
+
+    ``PR_SET_PDEATHSIG`` (prctl(2)) has the kernel kill it when its parent exits; a
+    watchdog thread also exits it when its parent changes or the sweep's process is gone,
+    which covers other systems and a forkserver between the sweep and its workers.
+    SIGTERM gets its default action back: the sweep's handler turns it into an
+    interrupt, which a worker has no use for.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if sys.platform == "linux":
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    parent = os.getppid()
+
+    def orphaned() -> bool:
+        return os.getppid() != parent or not process_alive(sweep_pid)
+
+    if orphaned():  # the sweep died before the kernel was told
+        os._exit(1)
+
+    def watch() -> None:
+        while not orphaned():
+            time.sleep(WATCH_INTERVAL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="vgpu-sim-parent-watch", daemon=True).start()
 
 
 def process_start_method() -> str:
@@ -92,7 +144,12 @@ def _run_process_pool(items: list[tuple[int, WorkItem]], jobs: int) -> Outcomes:
     ctx = multiprocessing.get_context(process_start_method())
     if ctx.get_start_method() == "forkserver":
         ctx.set_forkserver_preload([__name__])
-    pool = ProcessPoolExecutor(max_workers=min(jobs, len(items)), mp_context=ctx)
+    pool = ProcessPoolExecutor(
+        max_workers=min(jobs, len(items)),
+        mp_context=ctx,
+        initializer=_exit_with_parent,
+        initargs=(os.getpid(),),
+    )
     try:
         pending = {pool.submit(execute_task, *item): key for key, item in items}
     except BaseException:
@@ -118,6 +175,12 @@ def _collect(pool: ProcessPoolExecutor, pending: dict[Future[dict[str, Any]], in
         # running every queued task before the interpreter could exit.
         for fut in pending:
             fut.cancel()
+        # Stop the running tasks too: nobody will collect their outcomes, and the
+        # interpreter's exit would wait for them (concurrent.futures joins its manager
+        # thread at exit), minutes for a long point. Workers take SIGTERM's default.
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            with contextlib.suppress(OSError, AttributeError):
+                process.terminate()
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
@@ -135,47 +198,64 @@ def _import_distributed() -> Any:
     return distributed
 
 
-def _run_dask(items: list[tuple[int, WorkItem]], jobs: int, scheduler: str | None) -> Outcomes:
+def _connect(distributed: Any, scheduler: str) -> Any:
+    """A client of the scheduler at ``scheduler``; a bad or unreachable address is bad
+    input, found before the sweep claims its output directory."""
+    try:
+        return distributed.Client(scheduler, timeout="20s")
+    except (OSError, TimeoutError, ValueError, TypeError) as exc:
+        raise InputError("--scheduler", echo(scheduler), f"cannot connect: {exc}") from None
+
+
+def _run_dask(items: list[tuple[int, WorkItem]], jobs: int, client: Any = None) -> Outcomes:
     distributed = _import_distributed()
     cluster = None
-    if scheduler is None:
+    if client is None:
         # One single-threaded worker process per job: the model is pure Python and
         # holds the GIL, so threads would not run points in parallel.
         cluster = distributed.LocalCluster(
             n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None
         )
         client = distributed.Client(cluster)
-    else:
-        try:
-            client = distributed.Client(scheduler, timeout="20s")
-        except (OSError, TimeoutError) as exc:
-            raise InputError("--scheduler", scheduler, f"cannot connect: {exc}") from None
     try:
-        configs, seeds, base_dirs = zip(*(item for _, item in items), strict=True)
-        futures = client.map(execute_task, configs, seeds, base_dirs, pure=False)
+        columns = zip(*(item for _, item in items), strict=True)
+        futures = client.map(execute_task, *columns, pure=False)
         key_of = {fut.key: key for fut, (key, _) in zip(futures, items, strict=True)}
         for fut in distributed.as_completed(futures):
             exc = fut.exception() if fut.status == "error" else None
             yield key_of[fut.key], (fut.result() if exc is None else _failure(exc))
     finally:
-        client.close()
         if cluster is not None:
+            client.close()
             cluster.close()
 
 
-def make_executor(
-    backend: str, jobs: int, scheduler: str | None = None
-) -> Callable[[list[tuple[int, WorkItem]]], Outcomes]:
-    """The executor for ``backend``; checks that an optional backend is installed."""
+@dataclass
+class Executor:
+    """Runs work items, yielding outcomes in completion order; ``close()`` it after."""
+
+    run: Callable[[list[tuple[int, WorkItem]]], Outcomes]
+    close: Callable[[], None] = lambda: None
+
+    def __call__(self, items: list[tuple[int, WorkItem]]) -> Outcomes:
+        return self.run(items)
+
+
+def make_executor(backend: str, jobs: int, scheduler: str | None = None) -> Executor:
+    """The executor for ``backend``; checks that an optional backend is installed and
+    connects to ``scheduler`` now, so that a bad address is refused before any output."""
     if jobs < 1:
         raise InputError("--jobs", str(jobs), "must be at least 1")
     if backend == "dask":
-        _import_distributed()
-        return functools.partial(_run_dask, jobs=jobs, scheduler=scheduler)
+        distributed = _import_distributed()
+        if scheduler is None:
+            return Executor(functools.partial(_run_dask, jobs=jobs))
+        client = _connect(distributed, scheduler)
+        return Executor(functools.partial(_run_dask, jobs=jobs, client=client), client.close)
     if backend != "process":
-        raise InputError("--backend", backend, f"unknown backend; choose one of {BACKENDS}")
+        raise InputError("--backend", echo(backend), f"unknown backend; choose one of {BACKENDS}")
     if scheduler is not None:
-        raise InputError("--scheduler", scheduler, "only the dask backend uses a scheduler")
+        raise InputError("--scheduler", echo(scheduler), "only the dask backend uses a scheduler")
     if jobs == 1:
-        return _run_serial
-    return functools.partial(_run_process_pool, jobs=jobs)
+        return Executor(_run_serial)
+    return Executor(functools.partial(_run_process_pool, jobs=jobs))

@@ -10,7 +10,12 @@ pages a point asks for, not ``ranges``. Under Xen 4.6 semantics with scattered p
 and no node limit the two are the same (one rangeset node per page, plus the BAR and
 port nodes); but a node limit caps ``ranges``, and p2m-ioreq-server keeps pages out of
 every rangeset (3 nodes at any page count), so plotted against ``ranges`` those designs
-would collapse onto one x value.
+would collapse onto one x value. A sweep that does not vary the page count (one
+``wp_pages`` for every point) is drawn against its first axis that has several values
+instead, one tick per value, so that its lines do not stack at one x. Points that failed
+maps are ringed in black, a colour no series uses. Titles name the sweep file and its
+description, never the results directory, so identical sweeps draw identical figures
+wherever they are written.
 
 Figures are built on :class:`matplotlib.figure.Figure` without pyplot: no global state,
 and no backend is chosen here, so this works headless and in notebooks alike.
@@ -40,6 +45,10 @@ X_NOTE = (
     "fail), and p2m-ioreq-server keeps pages out of rangesets (3 nodes). points.csv has both."
 )
 FAILED_LABEL = "maps failed (-ENOMEM): pages past the limit are not write-protected"
+#: The ring around points that failed maps; series colours are "C0".."C9" (tab10), which
+#: has no black, so a ring is never mistaken for a series.
+RING_COLOR = "black"
+PAGES = "wp_pages"
 
 
 def platform_pages() -> dict[str, int]:
@@ -71,17 +80,46 @@ def x_axes(results: SweepResults, x: str = "wp_pages") -> set[str]:
     return found
 
 
+def x_of(results: SweepResults) -> str:
+    """What the page-count figures' x axis shows: ``wp_pages`` when points ask for
+    several page counts, else the first axis with several values (one tick per value),
+    else ``wp_pages``."""
+    rows = [r for r in results.aggregate if not math.isnan(r["wp_pages_mean"])]
+    if len({r["wp_pages_mean"] for r in rows}) > 1:
+        return PAGES
+    return next((a for a in results.axes if len({r[a] for r in rows}) > 1), PAGES)
+
+
+def _x_value(results: SweepResults, x: str) -> Any:
+    """row -> its x: a ``<x>_mean`` column, or the position of its value on axis ``x``."""
+    if x not in results.axes:
+        return lambda r: r[f"{x}_mean"]
+    order = list(dict.fromkeys(r[x] for r in results.aggregate))
+    return lambda r: float(order.index(r[x]))
+
+
+def _tick_names(results: SweepResults, x: str, xs: list[float]) -> list[str]:
+    if x not in results.axes:
+        return [f"{v:g}" for v in xs]
+    order = list(dict.fromkeys(r[x] for r in results.aggregate))
+    return [order[int(v)] for v in xs]
+
+
 def series(
     results: SweepResults, x: str = "wp_pages", skip: set[str] | None = None
 ) -> dict[str, list[dict[str, Any]]]:
     """Aggregate rows grouped into lines (one per combination of the non-x axes, less
     ``skip``), in the sweep's order, each sorted by ``x``; points with no result are
-    left out.
+    left out. With ``x="wp_pages"`` for a sweep that asks for one page count, the x is
+    the axis :func:`x_of` picks.
     """
-    skip = x_axes(results, x) | (skip or set())
+    if x == PAGES:
+        x = x_of(results)
+    skip = (x_axes(results, x) if x not in results.axes else {x}) | (skip or set())
+    at = _x_value(results, x)
     out: dict[str, list[dict[str, Any]]] = {}
     for row in results.aggregate:
-        if math.isnan(row[f"{x}_mean"]):
+        if math.isnan(row[f"{PAGES if x in results.axes else x}_mean"]):
             continue
         parts = [
             f"{a.rsplit('.', 1)[-1]}={row[a]}" if _looks_like_keypath(a) else row[a]
@@ -90,7 +128,7 @@ def series(
         ]
         out.setdefault(" · ".join(parts) or "all points", []).append(row)
     for rows in out.values():
-        rows.sort(key=lambda r: r[f"{x}_mean"])
+        rows.sort(key=at)
     return out
 
 
@@ -98,13 +136,15 @@ def series_table(results: SweepResults, metric: str, scale: float = 1.0) -> str:
     """One row per page count, one column per line of the figures: mean ± 95% CI of
     ``metric`` divided by ``scale``; the columns are numbered, with a key below."""
     lines = series(results)
-    pages = sorted({r["wp_pages_mean"] for rows in lines.values() for r in rows})
-    header = ["pages", *(f"({i})" for i in range(1, len(lines) + 1))]
+    x_name = x_of(results)
+    at = _x_value(results, x_name)
+    xs = sorted({at(r) for rows in lines.values() for r in rows})
+    header = ["pages" if x_name == PAGES else x_name, *(f"({i})" for i in range(1, len(lines) + 1))]
     body = []
-    for x in pages:
-        cells = [f"{x:g}"]
+    for x, name in zip(xs, _tick_names(results, x_name, xs), strict=True):
+        cells = [name]
         for rows in lines.values():
-            row = next((r for r in rows if r["wp_pages_mean"] == x), None)
+            row = next((r for r in rows if at(r) == x), None)
             if row is None:
                 cells.append("-")
                 continue
@@ -135,9 +175,11 @@ def _line(
     index: int,
     style: str,
     small: bool = False,
+    at: Any = None,
 ) -> tuple[Any, list[float], list[float]]:
-    """One series as a line with 95% CI bars; returns the line and its x and y."""
-    xs = [r[f"{x}_mean"] for r in rows]
+    """One series as a line with 95% CI bars; returns the line and its x and y. ``at``:
+    a row's x, when it is not the ``<x>_mean`` column."""
+    xs = [at(r) if at is not None else r[f"{x}_mean"] for r in rows]
     ys = [r[f"{metric}_mean"] / scale for r in rows]
     err = [e / scale for e in _ci([r[f"{metric}_ci95"] for r in rows])]
     line = ax.errorbar(
@@ -157,13 +199,16 @@ def _line(
 def _draw_metric(
     ax: Any, results: SweepResults, metric: str, scale: float, ylabel: str, title: str
 ) -> list[tuple[Any, str]]:
-    """One panel: a line per series with 95% CI bars, failed maps ringed in red."""
+    """One panel: a line per series with 95% CI bars, failed maps ringed in black."""
     handles: list[tuple[Any, str]] = []
     any_failed = False
+    x_name = x_of(results)
+    at = _x_value(results, x_name)
     for i, (label, rows) in enumerate(series(results).items()):
         # Dashes differ too, so a line drawn over an identical one (a limited variant
         # below its limit) leaves the one beneath visible.
-        line, x, y = _line(ax, rows, "wp_pages", metric, scale, i, STYLES[i % len(STYLES)])
+        style = STYLES[i % len(STYLES)]
+        line, x, y = _line(ax, rows, x_name, metric, scale, i, style, at=at)
         handles.append((line, label))
         failed = [
             (xi, yi) for xi, yi, r in zip(x, y, rows, strict=True) if r["failed_maps_mean"] > 0
@@ -174,23 +219,28 @@ def _draw_metric(
                 *zip(*failed, strict=True),
                 s=140,
                 facecolors="none",
-                edgecolors="red",
+                edgecolors=RING_COLOR,
                 linewidths=1.6,
                 zorder=5,
             )
     if any_failed:
-        ring = Line2D([], [], ls="none", marker="o", markersize=11, mfc="none", mec="red", mew=1.6)
+        ring = Line2D(
+            [], [], ls="none", marker="o", markersize=11, mfc="none", mec=RING_COLOR, mew=1.6
+        )
         handles.append((ring, FAILED_LABEL))
-    # Ticks at the page counts the sweep ran, in plain numbers, with room for the tags.
-    xs = sorted({r["wp_pages_mean"] for rows in series(results).values() for r in rows})
-    ax.set_xscale("log")
-    ax.set_xticks(xs, [f"{x:g}" for x in xs])
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    low, high = min(xs) / 1.4, max(xs) * 1.6
+    # Ticks at the x values the sweep ran, in plain numbers, with room for the tags.
+    xs = sorted({at(r) for rows in series(results).values() for r in rows})
+    if x_name != PAGES or min(xs) <= 0:  # categories, or a page count of 0: linear
+        low, high = min(xs) - 0.5, max(xs) + 0.5
+    else:
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        low, high = min(xs) / 1.4, max(xs) * 1.6
+    ax.set_xticks(xs, _tick_names(results, x_name, xs))
     ax.set_xlim(low, high)
     # The platforms' page counts, where they fall inside the sweep's range.
     for name, pages in platform_pages().items():
-        if not low < pages < high:
+        if x_name != PAGES or not low < pages < high:
             continue
         ax.axvline(pages, color="0.45", ls=":", lw=1.2, zorder=0)
         ax.annotate(
@@ -203,14 +253,16 @@ def _draw_metric(
             fontsize=8,
             color="0.3",
         )
-    ax.set_xlabel(X_LABEL)
+    ax.set_xlabel(X_LABEL if x_name == PAGES else x_name)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=11)
     ax.grid(True, which="major", alpha=0.3)
     return handles
 
 
-def _finish(fig: Figure, bottom: Any, handles: list[tuple[Any, str]], title: str) -> Figure:
+def _finish(
+    fig: Figure, bottom: Any, handles: list[tuple[Any, str]], title: str, results: SweepResults
+) -> Figure:
     """Title, the legend in its own band below the panels (never over data), the note."""
     fig.suptitle(title, fontsize=13)
     bottom.legend(
@@ -221,7 +273,13 @@ def _finish(fig: Figure, bottom: Any, handles: list[tuple[Any, str]], title: str
         fontsize=9,
         frameon=False,
     )
-    bottom.text(0.5, 0.02, X_NOTE, ha="center", va="bottom", fontsize=8, color="0.3")
+    x_name = x_of(results)
+    if x_name == PAGES:
+        note = X_NOTE
+    else:
+        pages = {f"{r['wp_pages_mean']:g}" for r in results.aggregate} - {"nan"}
+        note = f"Every point write-protects {', '.join(sorted(pages))} pages; x = {x_name}."
+    bottom.text(0.5, 0.02, note, ha="center", va="bottom", fontsize=8, color="0.3")
     return fig
 
 
@@ -251,9 +309,15 @@ def _y_scale(ax: Any, values: Sequence[float] | None = None) -> None:
         ax.yaxis.set_minor_formatter(NullFormatter())
 
 
+def _x_words(results: SweepResults) -> str:
+    x_name = x_of(results)
+    return "write-protected pages" if x_name == PAGES else x_name
+
+
 def _title(results: SweepResults, what: str) -> str:
-    name = results.directory.name
-    return f"{what} — {name}" + (f": {results.description}" if results.description else "")
+    """The sweep's file name and description: what ran, not where it was written."""
+    about = ": ".join(p for p in (results.name, results.description) if p)
+    return f"{what} — {about}" if about else what
 
 
 def latency_figure(results: SweepResults) -> Figure:
@@ -263,8 +327,8 @@ def latency_figure(results: SweepResults) -> Figure:
     _draw_metric(ax99, results, "p99_ns", 1e3, "trap latency (µs)", "99th percentile (p99)")
     for ax in (ax50, ax99):
         _y_scale(ax)
-    title = _title(results, "Trap latency vs write-protected pages")
-    return _finish(fig, bottom, handles, title)
+    title = _title(results, f"Trap latency vs {_x_words(results)}")
+    return _finish(fig, bottom, handles, title, results)
 
 
 def visits_figure(results: SweepResults) -> Figure:
@@ -285,8 +349,8 @@ def visits_figure(results: SweepResults) -> Figure:
     )
     for ax in (ax_v, ax_t):
         _y_scale(ax)
-    title = _title(results, "Rangeset visits vs write-protected pages")
-    return _finish(fig, bottom, handles, title)
+    title = _title(results, f"Rangeset visits vs {_x_words(results)}")
+    return _finish(fig, bottom, handles, title, results)
 
 
 VGPU_PANELS = (

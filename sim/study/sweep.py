@@ -8,6 +8,7 @@ at the end, the figures (:mod:`sim.study.plot`, which reads the CSVs back).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import sys
 import time
@@ -15,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from sim.results import dump_json, write_text_atomic
+from sim.model.budget import DEFAULT_MAX_EVENTS
+from sim.results import dump_json, sweep_stale_temporaries, write_text_atomic
 from sim.study.executors import make_executor
 from sim.study.progress import Progress
 from sim.study.store import claim_directory, finished_outcome, sweep_manifest
@@ -45,22 +47,44 @@ def run_sweep(
     plot: bool = True,
     argv: list[str] | None = None,
     log: TextIO | None = None,
+    max_events: int = DEFAULT_MAX_EVENTS,
 ) -> SweepOutcome:
     """Run every unfinished (point, replication) of ``sweep`` into ``out_dir``.
 
     ``progress``: "bar", "lines", "none", or None for a bar on a terminal and lines
     otherwise. Returns counts; ``failed`` > 0 means some runs recorded an error. On
-    KeyboardInterrupt the finished runs stay on disk and no CSV is written.
+    KeyboardInterrupt (or SIGTERM, which the CLI turns into one) the finished runs stay
+    on disk, ``sweep.json`` says "interrupted" and no CSV is written. ``max_events`` caps
+    each run (:func:`sim.model.budget.run_until`).
     """
     log = log if log is not None else sys.stderr
     out = Path(out_dir)
     execute = make_executor(backend, jobs, scheduler)
+    try:
+        return _run(sweep, out, execute, progress, plot, argv, log, max_events)
+    finally:
+        execute.close()
+
+
+def _run(
+    sweep: Sweep,
+    out: Path,
+    execute: Any,
+    progress: str | None,
+    plot: bool,
+    argv: list[str] | None,
+    log: TextIO,
+    max_events: int,
+) -> SweepOutcome:
     claim_directory(out, sweep)
+    for directory in (out, out / "points"):
+        sweep_stale_temporaries(directory)
     started_utc = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     t0 = time.perf_counter()
     write_text_atomic(
         out / "sweep.json", dump_json(sweep_manifest(sweep, "running", argv, started_utc, None))
     )
+    print(f"{sweep.name}: {sweep.size(max_events)}", file=log)
 
     tasks = sweep.tasks()
     points_dir = out / "points"
@@ -71,7 +95,7 @@ def run_sweep(
             outcomes[i] = saved
     reused = len(outcomes)
     todo = [
-        (i, (t.point.config, t.seed, str(sweep.base_dir)))
+        (i, (t.point.config, t.seed, str(sweep.base_dir), max_events))
         for i, t in enumerate(tasks)
         if i not in outcomes
     ]
@@ -97,13 +121,18 @@ def run_sweep(
             outcomes[i] = saved
             failed += bool(outcome["error"])
             bar.update(task, outcome)
-    except KeyboardInterrupt:
+    except BaseException as exc:
         bar.close()
-        print(
-            f"{sweep.name}: interrupted; {len(outcomes)} of {len(tasks)} runs are kept in "
-            f"{points_dir}; run the same sweep again to finish it",
-            file=log,
-        )
+        manifest = sweep_manifest(sweep, "interrupted", argv, started_utc, time.perf_counter() - t0)
+        manifest["runs"] = {"total": len(tasks), "reused": reused, "finished": len(outcomes)}
+        with contextlib.suppress(Exception):  # the disk may be what failed
+            write_text_atomic(out / "sweep.json", dump_json(manifest))
+        if isinstance(exc, KeyboardInterrupt):
+            print(
+                f"{sweep.name}: interrupted; {len(outcomes)} of {len(tasks)} runs are kept in "
+                f"{points_dir}; run the same sweep again to finish it",
+                file=log,
+            )
         raise
     finally:
         close = getattr(stream, "close", None)

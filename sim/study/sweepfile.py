@@ -15,8 +15,13 @@ points are the cartesian product of the axes, first axis slowest.
 
 Everything is validated before anything runs: the sweep file's own keys, every key path
 (which must exist in the base scenario's *effective* configuration, defaults included),
-and every expanded point as a full scenario. Problems are :class:`InputError` naming the
-file, the key path (or the point's axis values) and the problem.
+and every expanded point as a full scenario. No two axes, and no two keys of one
+compound value or of ``set:``, may write the same resolved key path (``guests[0].x`` and
+``guests.0.x`` are one; a path inside another counts too), since the last write would
+win silently and ``points.csv`` would label a point with values that did not run; and no
+two points may run the same scenario. A sweep has at most :data:`MAX_POINTS` points and
+:data:`MAX_RUNS` runs, checked before it is expanded. Problems are :class:`InputError`
+naming the file, the key path (or the point's axis values) and the problem.
 
 Seeds: each point has a stable id, the first 12 hex digits of the SHA-256 of the
 canonical JSON of its axis values, so adding a value to an axis changes no other
@@ -32,6 +37,7 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -39,30 +45,58 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import Field
 
-from sim.inputs import InputError, StrictModel, load_yaml, set_keypath, split_keypath, validate
+from sim.inputs import (
+    InputError,
+    StrictModel,
+    bounded,
+    echo,
+    load_yaml,
+    set_keypath,
+    split_keypath,
+    validate,
+    validate_value,
+)
+from sim.model.bounds import Name, Seed
+from sim.model.budget import estimate_run
 from sim.model.scenario import scenario_from_data
 
 SWEEP_SCHEMA_VERSION = 1
+#: A sweep expands to at most this many points, and runs at most this many runs (points
+#: x replications): 10 times the shipped sweeps' 40 points x 3 replications and more.
+MAX_POINTS = 10_000
+MAX_RUNS = 100_000
+MAX_AXES = 16
+MAX_AXIS_VALUES = 1_000
+MAX_SET_KEYS = 1_000
+#: A value's label is a table cell and a legend entry.
+MAX_LABEL = 200
 
 
 class SweepFile(StrictModel):
     """The schema of a sweep file; axis contents are checked by :func:`load_sweep`."""
 
     schema_version: Literal[1]
-    description: str = ""
-    base: str | dict[str, Any] = Field(
-        description="The base scenario: a path relative to the sweep file, or inline."
-    )
-    set_: dict[str, Any] = Field(
+    description: Annotated[str, Field(max_length=4096)] = ""
+    base: (
+        Annotated[str, Field(min_length=1, max_length=4096)]
+        | Annotated[dict[str, Any], Field(max_length=64)]
+    ) = Field(description="The base scenario: a path relative to the sweep file, or inline.")
+    set_: Annotated[dict[str, Any], Field(max_length=MAX_SET_KEYS)] = Field(
         default_factory=dict,
         alias="set",
         description="Fixed overrides applied to the base: key path -> value.",
     )
-    axes: Annotated[dict[str, list[Any]], Field(min_length=1)] = Field(
-        description="Ordered axes: key path -> values, or name -> labelled mappings."
+    axes: Annotated[
+        dict[str, Annotated[list[Any], Field(max_length=MAX_AXIS_VALUES)]],
+        Field(min_length=1, max_length=MAX_AXES),
+    ] = Field(description="Ordered axes: key path -> values, or name -> labelled mappings.")
+    replications: bounded(  # type: ignore[valid-type]
+        int,
+        1,
+        1000,
+        "Student t intervals are already tight at a few tens of replications; 1000 is plenty",
     )
-    replications: Annotated[int, Field(ge=1)]
-    seed: Annotated[int, Field(ge=0)]
+    seed: Seed
 
 
 @dataclass(frozen=True)
@@ -86,6 +120,7 @@ class Point:
     labels: dict[str, str]  # axis name -> label of this point's value
     config: dict[str, Any]  # the validated effective scenario configuration
     scenario_sha256: str
+    work: float = 0.0  # estimated events of one run (sim.model.budget.estimate_run)
 
     def describe(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.labels.items())
@@ -117,6 +152,17 @@ class Sweep:
     @property
     def name(self) -> str:
         return self.file.stem
+
+    def size(self, max_events: float) -> str:
+        """Runs and estimated events, as reported before a sweep runs."""
+        reps = self.spec.replications
+        total = sum(p.work for p in self.points) * reps
+        largest = max(p.work for p in self.points)
+        over = f", above --max-events {max_events:,.0f}" if largest > max_events else ""
+        return (
+            f"{len(self.points)} points x {reps} replications = {len(self.points) * reps} "
+            f"runs, ~{total:,.0f} events in all, ~{largest:,.0f} in the largest run{over}"
+        )
 
     def tasks(self) -> list[Task]:
         return [
@@ -168,6 +214,37 @@ def _keypath_problem(config: dict[str, Any], keypath: str) -> str | None:
     return None
 
 
+class _Writes:
+    """The resolved key paths a group of settings writes, to refuse two that write the
+    same value: the same path however spelt, or one path inside the other."""
+
+    def __init__(self, file: Path) -> None:
+        self.file = file
+        self.exact: dict[tuple[Any, ...], tuple[str, str]] = {}  # path -> (where, spelling)
+        self.prefixes: dict[tuple[Any, ...], tuple[str, str]] = {}
+
+    def add(self, where: str, keypath: str, why: str) -> None:
+        path = tuple(split_keypath(keypath))  # already checked by _keypath_problem
+        clash = next(
+            (self.exact[path[:n]] for n in range(1, len(path) + 1) if path[:n] in self.exact),
+            None,
+        ) or self.prefixes.get(path)
+        if clash is not None and clash[0] != where:
+            raise InputError(
+                self.file,
+                where,
+                f"writes {echo(keypath)}, the same key as {clash[0]} ({echo(clash[1])}): {why}",
+            )
+        self.exact.setdefault(path, (where, keypath))
+        for n in range(1, len(path)):
+            self.prefixes.setdefault(path[:n], (where, keypath))
+
+
+_LAST_WINS = (
+    "the last write would win and points.csv would label points with values that did not run"
+)
+
+
 def _parse_axis(file: Path, name: str, values: list[Any], config: dict[str, Any]) -> Axis:
     where = f"axes.{name}"
     if not values:
@@ -183,10 +260,14 @@ def _parse_axis(file: Path, name: str, values: list[Any], config: dict[str, Any]
             settings = [(k, x) for k, x in v.items() if k != "label"]
             if not settings:
                 raise InputError(file, f"{where}[{i}]", "sets no key path besides its label")
+            writes = _Writes(file)
             for keypath, _ in settings:
+                if not isinstance(keypath, str):
+                    raise InputError(file, f"{where}[{i}]", f"{echo(keypath)} is not a key path")
                 problem = _keypath_problem(config, keypath)
                 if problem:
                     raise InputError(file, f"{where}[{i}].{keypath}", problem)
+                writes.add(f"{where}[{i}].{keypath}", keypath, _LAST_WINS)
             parsed.append(AxisValue(v["label"], tuple(settings), v))
     else:
         problem = _keypath_problem(config, name)
@@ -196,15 +277,53 @@ def _parse_axis(file: Path, name: str, values: list[Any], config: dict[str, Any]
             raise InputError(file, where, problem)
         parsed = [AxisValue(_label_of(v), ((name, v),), v) for v in values]
     labels = [v.label for v in parsed]
+    seen: set[str] = set()
     for i, label in enumerate(labels):
-        if label in labels[:i]:
-            raise InputError(file, f"{where}[{i}]", f"duplicate value {label!r}")
+        if label in seen:
+            raise InputError(file, f"{where}[{i}]", f"duplicate value {echo(label)}")
+        if len(label) > MAX_LABEL:
+            raise InputError(
+                file, f"{where}[{i}]", f"a label is a table cell: at most {MAX_LABEL} characters"
+            )
+        seen.add(label)
     return Axis(name, compound, tuple(parsed))
+
+
+def _check_axes_write_apart(file: Path, axes: tuple[Axis, ...]) -> None:
+    """Two axes must not write one key: a point applies a value of every axis, so one
+    write would undo the other. Values of one axis never meet, so they may."""
+    writes = _Writes(file)
+    for axis in axes:
+        for value in axis.values:
+            for keypath, _ in value.settings:
+                writes.add(f"axes.{axis.name}", keypath, _LAST_WINS)
 
 
 def _rewrap(exc: InputError, file: Path, prefix: str) -> InputError:
     keypath = f"{prefix}{exc.keypath}" if exc.keypath else prefix.rstrip(": .")
     return InputError(file, keypath, exc.problem)
+
+
+def _load_base(file: Path, spec: SweepFile) -> tuple[Any, Any, Path]:
+    """The base scenario's raw data, its validated form, and the file its paths are
+    relative to. A base file names its own errors; an inline base's are the sweep's."""
+    if isinstance(spec.base, str):
+        base_file = (file.parent / spec.base).resolve()
+        if base_file.is_dir():
+            raise InputError(file, "base", f"{echo(spec.base)} is a directory, not a scenario file")
+        if not base_file.exists():
+            raise InputError(
+                file,
+                "base",
+                f"scenario file {echo(spec.base)} not found (relative to the sweep file)",
+            )
+        base_raw = load_yaml(base_file)
+        return base_raw, scenario_from_data(base_raw, base_file), base_file
+    try:
+        base = scenario_from_data(spec.base, file)
+    except InputError as exc:
+        raise _rewrap(exc, file, "base.") from None
+    return spec.base, base, file.resolve()
 
 
 def load_sweep(path: str | Path) -> Sweep:
@@ -214,26 +333,7 @@ def load_sweep(path: str | Path) -> Sweep:
     if not isinstance(raw, dict):
         raise InputError(file, "(top level)", "a sweep must be a mapping of keys")
     spec = validate(SweepFile, raw, file)
-
-    # The base scenario: its own file names its own errors; an inline one is ours.
-    if isinstance(spec.base, str):
-        base_file = (file.parent / spec.base).resolve()
-        if not base_file.is_file():
-            raise InputError(
-                file,
-                "base",
-                f"scenario file {spec.base!r} not found (relative to the sweep file)",
-            )
-        base_raw = load_yaml(base_file)
-        base = scenario_from_data(base_raw, base_file)
-        scenario_file = base_file
-    else:
-        base_raw = spec.base
-        try:
-            base = scenario_from_data(base_raw, file)
-        except InputError as exc:
-            raise _rewrap(exc, file, "base.") from None
-        scenario_file = file.resolve()
+    base_raw, base, scenario_file = _load_base(file, spec)
     if not isinstance(base_raw, dict):  # scenario_from_data has refused it already
         raise InputError(file, "base", "the base scenario must be a mapping")
     if any(g.replay is not None for g in base.guests):
@@ -247,10 +347,12 @@ def load_sweep(path: str | Path) -> Sweep:
 
     # Fixed overrides: key paths must exist in the base's effective configuration.
     raw_with_set = copy.deepcopy(base_raw)
+    set_writes = _Writes(file)
     for keypath, value in spec.set_.items():
         problem = _keypath_problem(base.config(), keypath)
         if problem:
             raise InputError(file, f"set.{keypath}", problem)
+        set_writes.add(f"set.{keypath}", keypath, "the last would win")
         try:
             set_keypath(raw_with_set, keypath, value, str(file))
         except InputError as exc:
@@ -261,8 +363,20 @@ def load_sweep(path: str | Path) -> Sweep:
         raise _rewrap(exc, file, "set: ") from None
 
     axes = tuple(_parse_axis(file, name, values, base_config) for name, values in spec.axes.items())
+    _check_axes_write_apart(file, axes)
+    n_points = math.prod(len(a.values) for a in axes)
+    if n_points > MAX_POINTS:
+        raise InputError(file, "axes", f"{n_points:,} points; a sweep has at most {MAX_POINTS:,}")
+    if n_points * spec.replications > MAX_RUNS:
+        raise InputError(
+            file,
+            "replications",
+            f"{n_points:,} points x {spec.replications} = {n_points * spec.replications:,} "
+            f"runs; a sweep has at most {MAX_RUNS:,}",
+        )
 
     points: list[Point] = []
+    by_scenario: dict[str, str] = {}
     for index, combo in enumerate(itertools.product(*(a.values for a in axes))):
         labels = {a.name: v.label for a, v in zip(axes, combo, strict=True)}
         identities = {a.name: v.identity for a, v in zip(axes, combo, strict=True)}
@@ -275,9 +389,17 @@ def load_sweep(path: str | Path) -> Sweep:
             scenario = scenario_from_data(data, scenario_file)
         except InputError as exc:
             raise _rewrap(exc, file, f"{where}: ") from None
-        points.append(
-            Point(index, point_id_of(identities), labels, scenario.config(), scenario.sha256())
-        )
+        sha = scenario.sha256()
+        if sha in by_scenario:
+            raise InputError(
+                file,
+                where,
+                f"runs the same scenario as {by_scenario[sha]}: an axis value changes nothing "
+                "here, so the two labels would name one configuration",
+            )
+        by_scenario[sha] = where
+        work = estimate_run(scenario, scenario_file.parent).work
+        points.append(Point(index, point_id_of(identities), labels, scenario.config(), sha, work))
     ids = [p.point_id for p in points]
     if len(set(ids)) != len(ids):  # only if two axes hash alike; never seen, but be sure
         raise InputError(file, "axes", "two points have the same id")
@@ -299,4 +421,15 @@ def load_sweep(path: str | Path) -> Sweep:
 
 
 def default_out_dir(sweep_file: str | Path, root: str | Path = "results") -> Path:
-    return Path(root) / "sweeps" / Path(sweep_file).stem
+    """``results/sweeps/<sweep file name>``; a file name that is not one safe path
+    component (``...yaml`` has the stem ``..``) cannot name a directory."""
+    stem = Path(sweep_file).stem
+    try:
+        validate_value(Name, stem, str(sweep_file), "(file name)")
+    except InputError as exc:
+        raise InputError(
+            sweep_file,
+            "(file name)",
+            f"cannot name the results directory: {exc.problem}; use --out",
+        ) from None
+    return Path(root) / "sweeps" / stem

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sim.inputs import InputError
+from sim.inputs import InputError, echo, read_input_text
 from sim.model.runner import POINT_COLUMNS
 from sim.study.stats import mean_ci95
 from sim.study.sweepfile import Task
@@ -101,26 +101,55 @@ class SweepResults:
     points: list[dict[str, Any]]
     aggregate: list[dict[str, Any]]
     description: str
+    name: str = ""  # the sweep file's name, from sweep.json ("" without one)
 
 
-def _read_csv(path: Path, first_meta: str) -> tuple[list[str], list[dict[str, Any]]]:
+#: A results CSV larger than this is not one vgpu-sim wrote (MAX_RUNS rows are ~40 MB).
+MAX_CSV_BYTES = 128 << 20
+TEXT_COLUMNS = ("point_id", "error")
+
+
+def _read_csv(
+    path: Path, first_meta: str, required: Sequence[str]
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """Rows of a results CSV; anything that is not what vgpu-sim writes is an InputError
+    naming the line and column (a hand-edited or truncated file)."""
+    text = read_input_text(path, MAX_CSV_BYTES)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError(path, "", f"cannot be read: {exc}") from None
-    reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
+        lines = list(csv.reader(io.StringIO(text)))
+    except csv.Error as exc:
+        raise InputError(path, "", f"is not a CSV file: {exc}") from None
+    header = lines[0] if lines else None
     if not header or first_meta not in header:
         raise InputError(path, "", f"not a sweep CSV (no {first_meta!r} column)")
+    if len(set(header)) != len(header):
+        raise InputError(path, "line 1", "a column name appears twice")
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise InputError(path, "line 1", f"no {missing[0]!r} column: not a sweep CSV")
     n_axes = header.index(first_meta)
     rows = []
-    for line in reader:
+    for lineno, line in enumerate(lines[1:], start=2):
+        if not line:
+            continue
+        if len(line) != len(header):
+            raise InputError(
+                path, f"line {lineno}", f"{len(line)} cells where the header has {len(header)}"
+            )
         row: dict[str, Any] = {}
         for i, (name, cell) in enumerate(zip(header, line, strict=True)):
-            if i < n_axes or name in ("point_id", "error"):
+            if i < n_axes or name in TEXT_COLUMNS:
                 row[name] = cell
-            else:
-                row[name] = float(cell) if cell else math.nan
+                continue
+            try:
+                value = float(cell) if cell else math.nan
+            except ValueError:
+                raise InputError(
+                    path, f"line {lineno}, column {echo(name)}", f"{echo(cell)} is not a number"
+                ) from None
+            if math.isinf(value):
+                raise InputError(path, f"line {lineno}, column {echo(name)}", "is infinite")
+            row[name] = value
         rows.append(row)
     return header[:n_axes], rows
 
@@ -128,17 +157,28 @@ def _read_csv(path: Path, first_meta: str) -> tuple[list[str], list[dict[str, An
 def load_results(directory: str | Path) -> SweepResults:
     """Read ``points.csv`` and ``aggregate.csv`` of a sweep results directory."""
     d = Path(directory)
-    axes, points = _read_csv(d / "points.csv", POINT_META_COLUMNS[0])
-    _, aggregate = _read_csv(d / "aggregate.csv", AGGREGATE_META_COLUMNS[0])
-    description = ""
+    point_columns = [*POINT_META_COLUMNS, *POINT_COLUMNS]
+    axes, points = _read_csv(d / "points.csv", POINT_META_COLUMNS[0], point_columns)
+    aggregate_columns = [*AGGREGATE_META_COLUMNS]
+    for c in POINT_COLUMNS:
+        aggregate_columns += [f"{c}_mean", f"{c}_ci95"]
+    agg_axes, aggregate = _read_csv(
+        d / "aggregate.csv", AGGREGATE_META_COLUMNS[0], aggregate_columns
+    )
+    if agg_axes != axes:
+        raise InputError(
+            d / "aggregate.csv", "line 1", "its axis columns differ from those of points.csv"
+        )
+    description = name = ""
     manifest = d / "sweep.json"
     if manifest.is_file():
         try:
-            data = json.loads(manifest.read_text(encoding="utf-8"))
-            description = data.get("sweep", {}).get("description", "") or ""
-        except ValueError:
-            pass
-    return SweepResults(d, tuple(axes), points, aggregate, description)
+            data = json.loads(read_input_text(manifest, MAX_CSV_BYTES))
+            description = str(data.get("sweep", {}).get("description", "") or "")
+            name = Path(str(data.get("sweep_file") or "")).stem
+        except (ValueError, AttributeError, InputError):
+            pass  # the manifest only adds a title; the CSVs are the results
+    return SweepResults(d, tuple(axes), points, aggregate, description, name)
 
 
 def format_number(x: float) -> str:
