@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup run test lint bench golden trace-example clean
+.PHONY: setup run test lint bench golden trace-example fuzz clean
 
 # (Re)install when pyproject.toml changes; the project is installed editable.
 $(STAMP): pyproject.toml
@@ -26,6 +26,11 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check sim tests notebooks
 	$(VENV)/bin/ruff format --check sim tests
+
+# The fuzz test's long mode: 50 times the examples `make test` runs, with hypothesis's
+# random search instead of its fixed seed (tests/test_fuzz.py).
+fuzz: $(STAMP)
+	VGPU_SIM_FUZZ=long MPLBACKEND=Agg $(PY) -m pytest -q tests/test_fuzz.py
 
 # Regenerate the golden summary after a deliberate model change; review the diff.
 golden: $(STAMP)

@@ -14,6 +14,7 @@ or "µ" (an ASCII locale) gets ASCII stand-ins instead of a UnicodeEncodeError.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -461,9 +462,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@functools.cache
+def _parser() -> argparse.ArgumentParser:
+    # Building it costs milliseconds (argparse looks up translations for every help
+    # string): once per process is enough, also when main() is called in-process.
+    return build_parser()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     with unix_behaviour():
         try:

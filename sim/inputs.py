@@ -125,55 +125,33 @@ def format_keypath(loc: Sequence[int | str]) -> str:
 
 
 # -- the one YAML loader ----------------------------------------------------------------
-class _StrictLoader(yaml.SafeLoader):
-    """``safe_load`` that refuses duplicate keys (PyYAML keeps the last one silently, so
-    a key typed twice would otherwise lose a value without a word), deep nesting and
-    alias expansion beyond a budget."""
-
-    def __init__(self, stream: Any) -> None:
-        super().__init__(stream)
-        self._depth = 0
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        self._depth += 1
-        try:
-            if self._depth > MAX_DEPTH:
-                raise yaml.composer.ComposerError(
-                    None,
-                    None,
-                    f"nested deeper than {MAX_DEPTH} levels",
-                    self.peek_event().start_mark,
-                )
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-    def compose_document(self) -> Any:
-        node = super().compose_document()
-        _check_expansion(node)
-        return node
+#: libyaml's parser and composer when PyYAML was built with it (15 times faster); it
+#: refuses nesting beyond 1000 levels itself, so its composer cannot exhaust the stack.
+_Base: Any = yaml.CSafeLoader if getattr(yaml, "__with_libyaml__", False) else yaml.SafeLoader
 
 
 def _check_expansion(root: yaml.Node) -> None:
-    """Refuse a document whose aliases expand it too far or too deep, or refer to
-    themselves. Aliases make the composed nodes a graph: each node is measured once."""
+    """Refuse a document nested deeper than MAX_DEPTH, or whose aliases expand it too
+    far or refer to themselves. Aliases make the composed nodes a graph: each node is
+    measured once, and a node met again counts with its whole height and size."""
     height: dict[int, int] = {}
     size: dict[int, int] = {}
     on_path: set[int] = set()
     distinct: set[int] = set()
 
+    def refuse(problem: str, node: yaml.Node) -> None:
+        raise yaml.composer.ComposerError(None, None, problem, node.start_mark)
+
     def visit(node: yaml.Node, depth: int) -> tuple[int, int]:
         key = id(node)
         if key in on_path:
-            raise yaml.composer.ComposerError(
-                None, None, "an alias refers to a node that contains it", node.start_mark
-            )
+            refuse("an alias refers to a node that contains it", node)
         if key in height:
             if depth + height[key] - 1 > MAX_DEPTH:
-                raise yaml.composer.ComposerError(
-                    None, None, f"aliases nest it deeper than {MAX_DEPTH} levels", node.start_mark
-                )
+                refuse(f"aliases nest it deeper than {MAX_DEPTH} levels", node)
             return height[key], size[key]
+        if depth > MAX_DEPTH:
+            refuse(f"nested deeper than {MAX_DEPTH} levels", node)
         distinct.add(key)
         children: list[yaml.Node] = []
         if isinstance(node, yaml.SequenceNode):
@@ -186,12 +164,7 @@ def _check_expansion(root: yaml.Node) -> None:
             ch, cs = visit(child, depth + 1)
             h, s = max(h, ch + 1), s + cs
             if s > len(distinct) + MAX_ALIAS_NODES:
-                raise yaml.composer.ComposerError(
-                    None,
-                    None,
-                    f"aliases expand it by more than {MAX_ALIAS_NODES} nodes",
-                    child.start_mark,
-                )
+                refuse(f"aliases expand it by more than {MAX_ALIAS_NODES} nodes", child)
         on_path.discard(key)
         height[key], size[key] = h, s
         return h, s
@@ -199,9 +172,7 @@ def _check_expansion(root: yaml.Node) -> None:
     visit(root, 1)
 
 
-def _construct_unique_mapping(
-    loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False
-) -> Any:
+def _construct_unique_mapping(loader: Any, node: yaml.MappingNode, deep: bool = False) -> Any:
     seen: set[Any] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
@@ -217,9 +188,46 @@ def _construct_unique_mapping(
     return yaml.SafeLoader.construct_mapping(loader, node, deep)
 
 
-_StrictLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping
-)
+def _strict_loader(base: Any) -> Any:
+    """The strict loader on ``base`` (libyaml's or PyYAML's pure-Python parser)."""
+
+    class StrictLoader(base):  # type: ignore[misc,valid-type]
+        """``safe_load`` that refuses duplicate keys (PyYAML keeps the last one silently, so
+        a key typed twice would otherwise lose a value without a word), deep nesting and
+        alias expansion beyond a budget, all checked before a single object is built."""
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            # The pure-Python composer recurses: stop it before Python's stack does. (libyaml
+            # composes in C, never calling this; the graph is checked below either way.)
+            self._depth = getattr(self, "_depth", 0) + 1
+            try:
+                if self._depth > MAX_DEPTH:
+                    raise yaml.composer.ComposerError(
+                        None,
+                        None,
+                        f"nested deeper than {MAX_DEPTH} levels",
+                        self.peek_event().start_mark,
+                    )
+                return super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
+
+        def get_single_data(self) -> Any:
+            node = self.get_single_node()
+            if node is None:
+                return None
+            _check_expansion(node)
+            return self.construct_document(node)
+
+    StrictLoader.add_constructor(
+        yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping
+    )
+    return StrictLoader
+
+
+_StrictLoader = _strict_loader(_Base)
+#: The same on PyYAML's pure-Python parser (the fallback without libyaml; tests use both).
+_PurePythonLoader = _strict_loader(yaml.SafeLoader)
 
 
 def parse_yaml(text: str, source: str | Path, keypath: str = "") -> Any:
@@ -229,7 +237,8 @@ def parse_yaml(text: str, source: str | Path, keypath: str = "") -> Any:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
+        parts = [getattr(exc, "context", None), getattr(exc, "problem", None)]
+        problem = ": ".join(p for p in parts if p) or str(exc)
         raise InputError(source, keypath or where, f"invalid YAML: {problem}") from None
     except (ValueError, OverflowError, RecursionError, MemoryError) as exc:
         # Python refuses to read an int of more than 4300 digits (int_max_str_digits).

@@ -18,3 +18,12 @@ settings.register_profile(
 )
 settings.register_profile("dev", deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_terminal_summary(terminalreporter: object) -> None:
+    """The fuzz test's example counts and times (README, "Fuzzing"), when it ran."""
+    import sys
+
+    fuzz = sys.modules.get("test_fuzz")
+    if fuzz is not None and fuzz.REPORT:
+        terminalreporter.write_line(f"fuzz: {fuzz.report()}")  # type: ignore[attr-defined]

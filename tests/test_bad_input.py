@@ -235,3 +235,29 @@ def test_duplicate_keys_and_unsafe_tags_are_refused() -> None:
     with pytest.raises(InputError, match="invalid YAML"):
         parse_yaml("a: !!python/object/apply:os.system [echo hi]\n", "f.yaml")
     assert parse_yaml("a: &x {b: 1}\nc: *x\n", "f.yaml") == {"a": {"b": 1}, "c": {"b": 1}}
+
+
+@pytest.mark.parametrize("loader", ["_StrictLoader", "_PurePythonLoader"])
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("a: " + "[" * 33 + "]" * 33, "nested deeper than 32 levels"),
+        ("a: " + "[" * 5000 + "]" * 5000, "nest"),  # libyaml stops at 1000 by itself
+        ("a:\n" + "".join(" " * i + f"k{i}:\n" for i in range(1, 40)) + " " * 40 + "x: 1", "nest"),
+        ("a: &a " + "[" * 20 + "]" * 20 + "\nb: " + "[" * 20 + "*a" + "]" * 20, "aliases nest"),
+        (BOMB, "aliases expand it by more than 10000 nodes"),
+        ("x: &x [*x]", "refers to a node that contains it"),
+        ("a: 1\na: 2", "duplicate key 'a'"),
+        ("- 1\n--- \n- 2", "expected a single document"),
+    ],
+)
+def test_the_loader_refuses_hostile_yaml_with_libyaml_and_without(
+    loader: str, text: str, problem: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sim.inputs
+
+    monkeypatch.setattr(sim.inputs, "_StrictLoader", getattr(sim.inputs, loader))
+    with pytest.raises(InputError) as info:
+        parse_yaml(text, "f.yaml")
+    assert problem in info.value.problem
+    assert len(str(info.value)) <= MAX_MESSAGE
