@@ -51,13 +51,16 @@ def describe_file(path: str, max_events: int) -> str:
 def check_output_location(out_dir: Path) -> None:
     """Refuse, before a run starts, an output the run could not write: one that exists,
     or one under a file or a directory we may not write to."""
-    if out_dir.exists() or out_dir.is_symlink():
-        raise OutputError(out_dir, "--out", "already exists; results are never overwritten")
-    here = out_dir.parent
-    while not here.exists():
-        here = here.parent
-    if not here.is_dir():
-        raise OutputError(out_dir, "", f"cannot be created: {here} is not a directory")
+    try:
+        if out_dir.exists() or out_dir.is_symlink():
+            raise OutputError(out_dir, "--out", "already exists; results are never overwritten")
+        here = out_dir.parent
+        while not here.exists():
+            here = here.parent
+        if not here.is_dir():
+            raise OutputError(out_dir, "", f"cannot be created: {here} is not a directory")
+    except OSError as exc:  # a parent we may not even look into
+        raise OutputError(out_dir, "", f"cannot be created: {exc.strerror or exc}") from None
     if not os.access(here, os.W_OK | os.X_OK):
         raise OutputError(out_dir, "", f"cannot be created: {here} is not writable")
 

@@ -139,15 +139,18 @@ def make_parents(directory: Path) -> list[Path]:
     A parent that is a file, a read-only one or a full disk is an OutputError."""
     missing: list[Path] = []
     here = directory
-    while not here.exists():
-        if here.is_symlink():  # a dangling link
-            raise OutputError(directory, "", f"cannot be created: {here} is a broken link")
-        missing.append(here)
-        if here.parent == here:
-            break
-        here = here.parent
-    if here.exists() and not here.is_dir():
-        raise OutputError(directory, "", f"cannot be created: {here} is not a directory")
+    try:
+        while not here.exists():
+            if here.is_symlink():  # a dangling link
+                raise OutputError(directory, "", f"cannot be created: {here} is a broken link")
+            missing.append(here)
+            if here.parent == here:
+                break
+            here = here.parent
+        if here.exists() and not here.is_dir():
+            raise OutputError(directory, "", f"cannot be created: {here} is not a directory")
+    except OSError as exc:  # a parent we may not even look into
+        raise OutputError(directory, "", f"cannot be created: {_problem(exc)}") from None
     created: list[Path] = []
     for d in reversed(missing):
         try:
