@@ -64,7 +64,14 @@ class OutputError(InputError):
     """An output location that cannot be used (not a directory, read-only, disk full)."""
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
+#: What may break a line or a terminal: C0 and C1 controls (U+0085 is a line break to
+#: str.splitlines()), and Unicode's line and paragraph separators.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+
+
+def is_one_line(text: str) -> bool:
+    """Whether ``text`` holds no control character or line break."""
+    return _CONTROL.search(text) is None
 
 
 def one_line(text: str, limit: int) -> str:

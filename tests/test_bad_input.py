@@ -224,6 +224,8 @@ def test_messages_are_cut_to_one_line() -> None:
     assert "\n" not in str(err)
     assert len(str(err)) <= MAX_MESSAGE
     assert one_line("a\nb\x00c", 10) == "a b c"
+    # Found by `make fuzz`: U+0085 (NEL) is a line break to str.splitlines().
+    assert len(one_line("a\x85b\u2028c\x1ed\x0be", 20).splitlines()) == 1
     assert len(echo("x" * 10_000)) <= MAX_ECHO
     huge = [["lol"] * 1000] * 1000  # shared, as an alias bomb builds it: not rendered whole
     assert len(echo(huge)) <= MAX_ECHO

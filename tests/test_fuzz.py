@@ -332,6 +332,7 @@ def test_fuzz_plot_damaged_csvs(
     shutil.rmtree(results, ignore_errors=True)
     shutil.copytree(ROOT / "results" / "sweeps" / "patch-series", results)
     lines = (results / name).read_bytes().split(b"\n")
+    line %= len(lines)
     cells = lines[line].split(b",")
     cells[cell % len(cells)] = value.encode() + raw
     lines[line] = b",".join(cells)

@@ -111,6 +111,14 @@ def test_an_axis_may_override_set_and_values_of_one_axis_may_share_keys(tmp_path
     assert [p.config["guests"][0]["vcpus"] for p in load_sweep(path).points] == [1, 1, 2, 2]
 
 
+def test_a_label_is_one_line(tmp_path: Path) -> None:
+    """A label is a CSV cell, a progress line and a legend entry (found by `make fuzz`)."""
+    for label in ("a\x85b", "a\nb", "x" * 201):
+        path = sweep(tmp_path, axes={"variant": [{**LABELLED[0], "label": label}]})
+        with pytest.raises(InputError, match="one line of at most 200 characters"):
+            load_sweep(path)
+
+
 def test_points_that_run_the_same_scenario_are_refused(tmp_path: Path) -> None:
     """Two labels for one configuration would say something varied that did not."""
     path = sweep(tmp_path, axes={"guests[0].mix.mmio": [0.55, 0.550]})

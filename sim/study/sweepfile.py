@@ -50,6 +50,7 @@ from sim.inputs import (
     StrictModel,
     bounded,
     echo,
+    is_one_line,
     load_yaml,
     set_keypath,
     split_keypath,
@@ -281,9 +282,12 @@ def _parse_axis(file: Path, name: str, values: list[Any], config: dict[str, Any]
     for i, label in enumerate(labels):
         if label in seen:
             raise InputError(file, f"{where}[{i}]", f"duplicate value {echo(label)}")
-        if len(label) > MAX_LABEL:
+        if len(label) > MAX_LABEL or not is_one_line(label):
             raise InputError(
-                file, f"{where}[{i}]", f"a label is a table cell: at most {MAX_LABEL} characters"
+                file,
+                f"{where}[{i}]",
+                f"a label is a table cell and a legend entry: one line of at most {MAX_LABEL} "
+                "characters, without control characters",
             )
         seen.add(label)
     return Axis(name, compound, tuple(parsed))
