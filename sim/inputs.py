@@ -261,8 +261,10 @@ def read_input_text(path: Path, limit: int = MAX_FILE_BYTES) -> str:
         st = path.stat()
     except FileNotFoundError:
         raise InputError(path, "", "file not found") from None
-    except OSError as exc:
-        raise InputError(path, "", f"cannot be read: {exc.strerror or exc}") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        raise InputError(
+            path, "", f"cannot be read: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
     if path.is_dir():
         raise InputError(path, "", "is a directory, not a file")
     if not path.is_file():
@@ -280,6 +282,17 @@ def read_input_text(path: Path, limit: int = MAX_FILE_BYTES) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InputError(path, "", f"is not UTF-8 text (byte {exc.start})") from None
+
+
+def user_path(base: Path, text: str, file: str | Path, keypath: str) -> Path:
+    """A path a user wrote (``base``-relative), resolved; a NUL byte or a symbolic-link
+    loop is an InputError naming ``file`` and ``keypath``, not a ValueError."""
+    if "\x00" in text:
+        raise InputError(file, keypath, "a path cannot hold a NUL byte")
+    try:
+        return (base / text).resolve()
+    except (OSError, RuntimeError, ValueError) as exc:
+        raise InputError(file, keypath, f"{echo(text)} is not a usable path: {exc}") from None
 
 
 def load_yaml(path: str | Path) -> Any:

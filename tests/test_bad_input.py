@@ -164,6 +164,24 @@ def test_non_utf8_empirical_csv_is_bad_input(
         assert problem in line
 
 
+def test_a_path_with_a_nul_byte_is_bad_input(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Found by `make fuzz`: a ValueError ("embedded null byte") escaped before."""
+    path = tmp_path / "s.yaml"
+    path.write_text(HEAD + guest(', think: {dist: empirical, file: "a\\0b.csv"}'))
+    assert main(["validate", str(path)]) == 2
+    assert "guests[0].think.file: a path cannot hold a NUL byte" in check_one_line(
+        capsys.readouterr().err
+    )
+    sweep = tmp_path / "w.yaml"
+    sweep.write_text(
+        'schema_version: 1\nbase: "\\0"\naxes: {seed: [1]}\nreplications: 1\nseed: 1\n'
+    )
+    assert main(["validate", str(sweep)]) == 2
+    assert "base: a path cannot hold a NUL byte" in check_one_line(capsys.readouterr().err)
+
+
 def test_an_empirical_value_is_bounded_like_every_duration(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

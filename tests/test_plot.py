@@ -72,6 +72,13 @@ CORRUPTIONS = {
         "line 2, column 'wp_pages_mean'",
         "is infinite",
     ),
+    "a negative confidence half-width (found by make fuzz)": (
+        "aggregate.csv",
+        2,
+        cell("wp_pages_ci95", b"-1"),
+        "line 2, column 'wp_pages_ci95'",
+        "is negative",
+    ),
     "a missing column": (
         "aggregate.csv",
         1,

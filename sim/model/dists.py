@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from sim.inputs import InputError, StrictModel, bounded, echo, read_input_text
+from sim.inputs import InputError, StrictModel, bounded, echo, read_input_text, user_path
 from sim.model.bounds import MAX_STEP_NS, NonNeg, Positive, Sigma
 
 #: An empirical CSV is at most this large, and holds at most this many values: plenty to
@@ -95,8 +95,8 @@ _EMPIRICAL_CACHE: dict[tuple[str, str | None, int, int], list[float]] = {}
 
 def read_empirical(base: Path, dist: EmpiricalDist, file: str | Path, keypath: str) -> list[float]:
     """Values of an empirical distribution's CSV column; errors name the scenario key."""
-    path = (base / dist.file).resolve()
     where = f"{keypath}.file"
+    path = user_path(base, dist.file, file, where)
     try:
         st = path.stat()
     except OSError as exc:

@@ -54,6 +54,7 @@ from sim.inputs import (
     load_yaml,
     set_keypath,
     split_keypath,
+    user_path,
     validate,
     validate_value,
 )
@@ -312,7 +313,7 @@ def _load_base(file: Path, spec: SweepFile) -> tuple[Any, Any, Path]:
     """The base scenario's raw data, its validated form, and the file its paths are
     relative to. A base file names its own errors; an inline base's are the sweep's."""
     if isinstance(spec.base, str):
-        base_file = (file.parent / spec.base).resolve()
+        base_file = user_path(file.parent, spec.base, file, "base")
         if base_file.is_dir():
             raise InputError(file, "base", f"{echo(spec.base)} is a directory, not a scenario file")
         if not base_file.exists():

@@ -107,13 +107,15 @@ class SweepResults:
 #: A results CSV larger than this is not one vgpu-sim wrote (MAX_RUNS rows are ~40 MB).
 MAX_CSV_BYTES = 128 << 20
 TEXT_COLUMNS = ("point_id", "error")
+NONNEGATIVE_COLUMNS = ("n", "failed", "replication")
 
 
 def _read_csv(
     path: Path, first_meta: str, required: Sequence[str]
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """Rows of a results CSV; anything that is not what vgpu-sim writes is an InputError
-    naming the line and column (a hand-edited or truncated file)."""
+    naming the line and column (a hand-edited or truncated file): text where a number
+    goes, an infinity, a negative count or confidence half-width."""
     text = read_input_text(path, MAX_CSV_BYTES)
     try:
         lines = list(csv.reader(io.StringIO(text)))
@@ -149,6 +151,8 @@ def _read_csv(
                 ) from None
             if math.isinf(value):
                 raise InputError(path, f"line {lineno}, column {echo(name)}", "is infinite")
+            if value < 0 and (name.endswith("_ci95") or name in NONNEGATIVE_COLUMNS):
+                raise InputError(path, f"line {lineno}, column {echo(name)}", "is negative")
             row[name] = value
         rows.append(row)
     return header[:n_axes], rows
