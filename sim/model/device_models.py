@@ -36,11 +36,12 @@ def _dom0_wakeup() -> LognormalDist:
     return lognorm(6134, 0.471)
 
 
+Workers = bounded(int, 1, 64, "more threads than a guest has vCPUs are never all busy")
 ServiceOrder = Literal["fifo", "vcpu-index"]
 
 
 class DeviceModel(StrictModel):
-    workers: bounded(int, 1, 64, "more threads than a guest has vCPUs are never all busy") = Field(  # type: ignore[valid-type]
+    workers: Workers = Field(
         1,
         description="[CODE] threads serving this server's ioreqs; XenGT runs one "
         "vgt_emulation kthread per VM (intel/XenGT-Preview-kernel xengt.c, xen_hvm_init). "

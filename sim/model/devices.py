@@ -43,6 +43,8 @@ from sim.xen.abi import PAGE_SHIFT
 from sim.xen.ioreq import Access
 
 Addr = bounded(int, 0, (1 << 64) - 1, "a 64-bit address (an ioreq's addr is a u64)")
+Share = bounded(float, 0, 1, "a share of traps")
+DomainId = bounded(int, 0, 32767, "a domid_t is 15 bits, below the reserved ids")
 Space = Literal["port", "mmio", "page_tables"]
 Server = Literal["xengt", "qemu"]
 #: PCI configuration mechanism #1 (CF8 address, CFC-CFF data): guests use 4-byte ``outl``
@@ -102,10 +104,10 @@ class Device(StrictModel):
         description="[start, end] pairs, inclusive; an access picks a range by its length, "
         "then an address uniformly inside it (aligned to the access size).",
     )
-    share: bounded(float, 0, 1, "a share of the guest's traps") = Field(  # type: ignore[valid-type]
+    share: Share = Field(
         description="Share of the guest's traps that go to this device; shares sum to 1."
     )
-    read_fraction: bounded(float, 0, 1, "a share of the device's traps") = Field(  # type: ignore[valid-type]
+    read_fraction: Share = Field(
         0.5, description="Share of this device's traps that are reads (0 for page_tables)."
     )
     size: Literal[1, 2, 4, 8] | None = Field(
@@ -185,7 +187,7 @@ class Replay(StrictModel):
     capture: Annotated[str, Field(min_length=1, max_length=4096)] = Field(  # PATH_MAX
         description="A binary xentrace capture; a relative path is relative to the scenario."
     )
-    domain: bounded(int, 0, 32767, "a domid_t is 15 bits below the reserved ids") = Field(  # type: ignore[valid-type]
+    domain: DomainId = Field(
         description="The captured domain whose accesses this guest replays; guest vCPU i "
         "replays the domain's vCPU i (a vCPU with no I/O in the capture never traps)."
     )

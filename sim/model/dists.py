@@ -23,6 +23,10 @@ MAX_EMPIRICAL_BYTES = 32 << 20
 MAX_EMPIRICAL_VALUES = 1_000_000
 
 
+#: A gamma distribution's shape k.
+Shape = bounded(float, 0, 1e6, "k = 1e6 is already a constant to 0.1%", above_low=True)
+
+
 # -- distributions --------------------------------------------------------------------
 class ConstantDist(StrictModel):
     dist: Literal["constant"]
@@ -59,7 +63,7 @@ class GammaDist(StrictModel):
 
     dist: Literal["gamma"]
     mean_ns: Positive
-    shape: bounded(float, 0, 1e6, "k = 1e6 is already a constant to 0.1%", above_low=True)  # type: ignore[valid-type]
+    shape: Shape
 
 
 class EmpiricalDist(StrictModel):

@@ -236,11 +236,12 @@ class Mix(StrictModel):
 #: Guests one entry may stand for: gVirt ran 7 vGPUs on a host and gScale 15 ([PUB],
 #: cost-anchors §1.6); 64 leaves room for what-if studies while keeping a run's size sane.
 MAX_GUEST_COUNT = 64
+GuestCount = bounded(int, 1, MAX_GUEST_COUNT, "gVirt ran 7 vGPUs per host, gScale 15")
 
 
 class Guest(StrictModel):
     name: Name
-    count: bounded(int, 1, MAX_GUEST_COUNT, "gVirt ran 7 vGPUs per host, gScale 15") = Field(  # type: ignore[valid-type]
+    count: GuestCount = Field(
         1,
         description="Identical guests this entry stands for, each a domain of its own with "
         "its own vGPU, device models and random streams, named <name>-1 .. <name>-N when "

@@ -74,6 +74,11 @@ MAX_SET_KEYS = 1_000
 MAX_LABEL = 200
 
 
+Replications = bounded(
+    int, 1, 1000, "Student t intervals are tight at a few tens of replications; 1000 is plenty"
+)
+
+
 class SweepFile(StrictModel):
     """The schema of a sweep file; axis contents are checked by :func:`load_sweep`."""
 
@@ -92,12 +97,7 @@ class SweepFile(StrictModel):
         dict[str, Annotated[list[Any], Field(max_length=MAX_AXIS_VALUES)]],
         Field(min_length=1, max_length=MAX_AXES),
     ] = Field(description="Ordered axes: key path -> values, or name -> labelled mappings.")
-    replications: bounded(  # type: ignore[valid-type]
-        int,
-        1,
-        1000,
-        "Student t intervals are already tight at a few tens of replications; 1000 is plenty",
-    )
+    replications: Replications
     seed: Seed
 
 
