@@ -93,6 +93,6 @@ def max_events_option(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_EVENTS,
         metavar="N",
         help="most work one run may do, in SimPy events plus map/unmap hypercalls "
-        f"(default {DEFAULT_MAX_EVENTS:,}, ~2-3 minutes): a run expected to need more is "
+        f"(default {DEFAULT_MAX_EVENTS:,}, minutes of work): a run expected to need more is "
         "refused before it starts (exit 2), one that needs more than expected stops (exit 1)",
     )
