@@ -152,34 +152,8 @@ def test_every_scenario_and_sweep_string_and_list_has_a_length_limit(
     assert unbounded_collections(model) == []
 
 
-#: Case-file numbers still without an upper bound. sim/xen/ belongs to issue #11 while
-#: this was written; bounding them there turns this xfail into a pass (strict): then
-#: remove the marker and fold this into the test above.
-#: (Their values are harmless today: an access's size is bounded by a cross-field check,
-#: the rest are limits or expectations compared with what happened.)
-CASE_FILE_PENDING = {
-    "CaseFile.max_nr_io_ranges: no upper bound",
-    "AccessSpec.expect_visits: no upper bound",
-    "AccessSpec.expect_emulators_checked: no upper bound",
-    "AccessSpec.size: no upper bound",
-    "RequestChecks.expect_visits: no upper bound",
-    "RequestChecks.expect_emulators_checked: no upper bound",
-    "RequestChecks.size: no upper bound",
-    "RequestChecks.count: no upper bound",
-}
-
-
-def _case_file_unbounded() -> set[str]:
-    return {p for m in CASE_FILE_MODELS for p in unbounded_numbers(m, need_reason=False)}
-
-
-def test_case_file_numbers_have_ranges_except_the_pending_ones() -> None:
-    assert _case_file_unbounded() <= CASE_FILE_PENDING
-
-
-@pytest.mark.xfail(strict=True, reason="case-file bounds of sim/xen/ (issue #11)")
 def test_case_file_numbers_all_have_ranges() -> None:
-    assert _case_file_unbounded() == set()
+    assert {p for m in CASE_FILE_MODELS for p in unbounded_numbers(m, need_reason=False)} == set()
 
 
 def test_the_walk_finds_an_unbounded_field() -> None:

@@ -40,7 +40,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field
 
-from sim.inputs import InputError, StrictModel, load_yaml, validate
+from sim.inputs import InputError, StrictModel, bounded, load_yaml, validate
 from sim.xen.abi import MAX_IO_PORT, MAX_NR_IO_RANGES
 from sim.xen.casespec import (
     RESERVED_NAMES,
@@ -96,7 +96,16 @@ class CaseFile(StrictModel):
     amd_family: Annotated[int, Field(ge=0, le=0xFF)] = 0x15
     acpi: bool = True
     stdvga_cache: bool = False
-    max_nr_io_ranges: Annotated[int, Field(ge=0)] | None = MAX_NR_IO_RANGES
+    max_nr_io_ranges: (
+        bounded(
+            int,
+            0,
+            1 << 20,
+            "0 makes even the first map fail (rangeset.c); 2^20 nodes is above any vGPU's "
+            "page-table count",
+        )
+        | None
+    ) = MAX_NR_IO_RANGES
     servers: list[ServerSpec]
     #: Raw mappings in the file; after :func:`load_case_file`, AccessSpec and StepSpec.
     accesses: Annotated[list[Any], Field(min_length=1)]

@@ -29,7 +29,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, PlainValidator
 
-from sim.inputs import InputError, StrictModel
+from sim.inputs import InputError, StrictModel, bounded
 from sim.xen.abi import (
     CF8_PORT,
     MAX_IO_PORT,
@@ -51,8 +51,6 @@ MAX_GFN = U64_MAX >> PAGE_SHIFT
 #: One gfn pair may cover at most this many pages: enough for any guest's page tables,
 #: small enough that the p2m bookkeeping of a typo stays cheap.
 MAX_WP_PAGES_PER_PAIR = 1 << 20
-#: ``struct ioreq`` carries the repeat count in a u32 (public/hvm/ioreq.h @4.6).
-MAX_REPEAT_COUNT = 0xFFFFFFFF
 #: Handler names that are not servers; a server may not take them.
 RESERVED_NAMES = NOT_SERVERS
 ERRNOS = ("EEXIST", "ENOMEM", "ENOSPC", "EBUSY", "ENOENT", "EINVAL")
@@ -156,7 +154,14 @@ PciSlotField = Annotated[PciSlot, PlainValidator(parse_pci_slot)]
 ExpectedIoreqField = Annotated[ExpectedIoreq, PlainValidator(_expected_ioreq)]
 Errno = Annotated[str | None, PlainValidator(_errno)]
 U64 = Annotated[int, Field(ge=0, le=U64_MAX)]
-Count = Annotated[int, Field(ge=0)]
+#: What a check expects to have been counted: list nodes visited or handlers walked. A
+#: case file's ranges and handlers are far fewer than 2^32.
+Count = bounded(int, 0, 0xFFFFFFFF, "a count of visited nodes or walked handlers")
+#: An access's width in bytes: a rep element is at most 8, a single MMIO access at most
+#: the release's largest (64); the exact rule is checked per access type.
+AccessSize = bounded(int, 1, 64, "no x86 access the emulator forwards is wider than 64 bytes")
+#: ``struct ioreq`` carries the repeat count in a u32 (public/hvm/ioreq.h @4.6).
+RepeatCount = bounded(int, 1, 0xFFFFFFFF, "[CODE] ioreq_t's count is a u32 (ioreq.h @4.6)")
 
 
 class Checks(StrictModel):
@@ -178,8 +183,8 @@ class RequestChecks(Checks):
     """One entry of ``expect_requests``: the request's shape and where it should go."""
 
     addr: U64 | None = None
-    size: Annotated[int, Field(ge=1)] | None = None
-    count: Annotated[int, Field(ge=1)] | None = None
+    size: AccessSize | None = None
+    count: RepeatCount | None = None
 
     @property
     def count_checks(self) -> int:
@@ -189,8 +194,8 @@ class RequestChecks(Checks):
 class AccessSpec(Checks):
     type: Literal["pio", "mmio"]
     addr: U64
-    size: Annotated[int, Field(ge=1)]
-    count: Annotated[int, Field(ge=1, le=MAX_REPEAT_COUNT)] = 1
+    size: AccessSize
+    count: RepeatCount = 1
     dir: Literal["read", "write"]
     df: bool = False
     data: U64 | None = None
