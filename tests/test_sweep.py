@@ -366,6 +366,9 @@ def _slow_marked_run(
 
 
 @pytest.mark.slow
+# A crash of the pool's manager thread (CPython 3.11 on futures we had cancelled) would
+# print a thread's traceback at the user's Ctrl-C: make it fail the test.
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 def test_stopping_the_process_pool_runs_no_more_queued_tasks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -169,15 +169,15 @@ def _collect(pool: ProcessPoolExecutor, pending: dict[Future[dict[str, Any]], in
                 exc = fut.exception()
                 yield key, (fut.result() if exc is None else _failure(exc))
     except BaseException:
-        # Cancel here rather than rely on shutdown(cancel_futures=True): the pool's
-        # manager thread honours that flag only while the executor object is alive, and
-        # it is collected as soon as this generator unwinds; the pool would then go on
-        # running every queued task before the interpreter could exit.
-        for fut in pending:
-            fut.cancel()
-        # Stop the running tasks too: nobody will collect their outcomes, and the
-        # interpreter's exit would wait for them (concurrent.futures joins its manager
-        # thread at exit), minutes for a long point. Workers take SIGTERM's default.
+        # Stop the workers rather than cancel the queued futures. Cancelling is not
+        # enough: the pool's manager thread honours shutdown(cancel_futures=True) only
+        # while the executor object is alive, and it is collected as soon as this
+        # generator unwinds, so the pool would run every queued task before the
+        # interpreter could exit; and CPython 3.11's manager then fails on the futures
+        # we cancelled ("InvalidStateError: CANCELLED", printed as a thread's traceback)
+        # when it marks the broken pool's work failed. With its workers gone the pool is
+        # broken: it runs nothing more and fails whatever was queued, which nobody
+        # collects. Workers take SIGTERM's default.
         for process in list((getattr(pool, "_processes", None) or {}).values()):
             with contextlib.suppress(OSError, AttributeError):
                 process.terminate()
