@@ -151,7 +151,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     x = scenario.xen
     print(
-        f"{scenario.name}: design {x.design}, rangeset {x.rangeset}, "
+        f"{scenario.name}: Xen {x.version}, design {x.design}, rangeset {x.rangeset}, "
         f"max_nr_io_ranges {x.max_nr_io_ranges}, seed {seed}"
     )
     print(format_table(rows, totals))
@@ -291,9 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="route the accesses of case files as Xen would, and check expectations",
         description=(
             "Build the ioreq servers of each case file, map their ranges through Xen's "
-            "hypercall semantics, route every access as hvm_select_ioreq_server() does, "
-            "and print the chosen server, rewritten request and nodes visited. Exit 1 "
-            "if any 'expect' or 'expect_visits' fails."
+            "hypercall semantics, route every access as the file's Xen release does "
+            "(Xen's own emulators first, then the emulator's splits, then the ioreq "
+            "servers' rangesets), and print the chosen handler, rewritten request and "
+            "nodes visited. Exit 1 if any expectation (expect, expect_visits, "
+            "expect_ioreq, expect_emulators_checked, expect_rc) fails."
         ),
     )
     p.add_argument("cases", nargs="+", metavar="CASES.yaml", help="case file(s)")
