@@ -38,7 +38,7 @@ import numpy as np
 from pydantic import AfterValidator, Field, model_validator
 
 from sim.inputs import StrictModel, bounded
-from sim.model.streams import BlockSampler
+from sim.model.streams import block_sampler
 from sim.xen.abi import PAGE_SHIFT
 from sim.xen.ioreq import Access
 
@@ -211,8 +211,8 @@ class DeviceAccessGenerator:
     ) -> None:
         probs = np.array([d.share for d in devices], dtype=float)
         probs = probs / probs.sum()
-        self._pick = BlockSampler(kind_rng, lambda r, n: r.choice(len(devices), n, p=probs))
-        self._u = BlockSampler(addr_rng, lambda r, n: r.random(n))
+        self._pick = block_sampler(kind_rng, lambda r, n: r.choice(len(devices), n, p=probs))
+        self._u = block_sampler(addr_rng, lambda r, n: r.random(n))
         self._live = live_gfns  # the guest's LivePages.gfns, which the PPGTTs keep current
         self._devices = [self._prepare(d) for d in devices]
 

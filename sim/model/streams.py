@@ -13,7 +13,8 @@ event, so samplers draw blocks of values and hand them out one by one.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from itertools import chain, repeat
 from typing import Any
 
 import numpy as np
@@ -27,39 +28,28 @@ def stream(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(entropy=seed, spawn_key=(key,)))
 
 
-class BlockSampler:
-    """Hands out values from blocks drawn by ``draw(rng, n)``; deterministic per stream."""
+def block_sampler(
+    rng: np.random.Generator, draw: Callable[[np.random.Generator, int], Any]
+) -> Callable[[], Any]:
+    """A sampler handing out values from blocks drawn by ``draw(rng, n)``, one per call.
 
-    __slots__ = ("_block", "_draw", "_i", "_rng")
+    Deterministic per stream: a block of ``BLOCK`` values is drawn when the previous one
+    is used up (the first on the first call). The sampler is the ``__next__`` of a C
+    iterator over the blocks, so a draw costs no Python frame: samplers are called
+    several times per trap, and a Python ``__call__`` cost ten times the draw itself.
+    """
 
-    def __init__(
-        self, rng: np.random.Generator, draw: Callable[[np.random.Generator, int], Any]
-    ) -> None:
-        self._rng = rng
-        self._draw = draw
-        self._block: list[Any] = []
-        self._i = 0
-
-    def __call__(self) -> Any:
-        i = self._i
-        if i == len(self._block):
+    def blocks() -> Iterator[list[Any]]:
+        while True:
             # tolist() turns numpy scalars into Python floats/ints: faster downstream.
-            self._block = self._draw(self._rng, BLOCK).tolist()
-            i = 0
-        self._i = i + 1
-        return self._block[i]
+            yield draw(rng, BLOCK).tolist()
+
+    return chain.from_iterable(blocks()).__next__
 
 
-class Constant:
-    """A sampler that always returns the same value (no random stream needed)."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: float) -> None:
-        self.value = value
-
-    def __call__(self) -> float:
-        return self.value
+def constant_sampler(value: float) -> Callable[[], float]:
+    """A sampler that always returns ``value`` (no random stream needed)."""
+    return repeat(value).__next__
 
 
 def make_sampler(dist: Any, rng: np.random.Generator, empirical: list[float] | None = None) -> Any:
@@ -70,25 +60,25 @@ def make_sampler(dist: Any, rng: np.random.Generator, empirical: list[float] | N
     """
     kind = dist.dist
     if kind == "constant":
-        return Constant(float(dist.value_ns))
+        return constant_sampler(float(dist.value_ns))
     if kind == "exponential":
         mean = float(dist.mean_ns)
-        return BlockSampler(rng, lambda r, n: r.exponential(mean, n))
+        return block_sampler(rng, lambda r, n: r.exponential(mean, n))
     if kind == "uniform":
         low, high = float(dist.low_ns), float(dist.high_ns)
-        return BlockSampler(rng, lambda r, n: r.uniform(low, high, n))
+        return block_sampler(rng, lambda r, n: r.uniform(low, high, n))
     if kind == "lognormal":
         # Parameterised by its mean: E[X] = exp(mu + sigma^2 / 2).
         sigma = float(dist.sigma)
         mu = float(np.log(dist.mean_ns)) - sigma * sigma / 2
-        return BlockSampler(rng, lambda r, n: r.lognormal(mu, sigma, n))
+        return block_sampler(rng, lambda r, n: r.lognormal(mu, sigma, n))
     if kind == "gamma":
         shape = float(dist.shape)
         scale = float(dist.mean_ns) / shape
-        return BlockSampler(rng, lambda r, n: r.gamma(shape, scale, n))
+        return block_sampler(rng, lambda r, n: r.gamma(shape, scale, n))
     if kind == "empirical":
         if not empirical:
             raise ValueError("an empirical distribution needs its values")
         values = np.asarray(empirical, dtype=float)
-        return BlockSampler(rng, lambda r, n: r.choice(values, n))
+        return block_sampler(rng, lambda r, n: r.choice(values, n))
     raise ValueError(f"unknown distribution {kind!r}")

@@ -15,7 +15,7 @@ import numpy as np
 
 from sim.model.bounds import FIRST_RAM_GFN  # page tables start above the first MiB
 from sim.model.scenario import ACCESS_KINDS, Guest
-from sim.model.streams import BlockSampler
+from sim.model.streams import block_sampler
 from sim.xen.abi import PAGE_SHIFT
 from sim.xen.ioreq import Access
 
@@ -62,7 +62,7 @@ class FrameAllocator:
         self.hi = ram_pages  # exclusive
         self.contiguity = contiguity
         self.used: set[int] = set()
-        self._uniform = BlockSampler(rng, lambda r, n: r.random(n))
+        self._uniform = block_sampler(rng, lambda r, n: r.random(n))
         self._prev: int | None = None
 
     def allocate(self) -> int:
@@ -108,8 +108,8 @@ class AccessGenerator:
         mix = guest.mix
         probs = np.array([getattr(mix, k) for k in ACCESS_KINDS], dtype=float)
         probs = probs / probs.sum()
-        self._kind = BlockSampler(kind_rng, lambda r, n: r.choice(len(ACCESS_KINDS), n, p=probs))
-        self._u = BlockSampler(addr_rng, lambda r, n: r.random(n))
+        self._kind = block_sampler(kind_rng, lambda r, n: r.choice(len(ACCESS_KINDS), n, p=probs))
+        self._u = block_sampler(addr_rng, lambda r, n: r.random(n))
         v = guest.vgpu
         self._bar_lo, bar_hi = v.bar0_mmio
         self._bar_dwords = (bar_hi - self._bar_lo + 1) // 4 or 1
