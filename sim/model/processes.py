@@ -71,45 +71,17 @@ NS_PER_MS = 1_000_000
 SCANS = {"mmio": 2, "pio": 1}
 
 
-class Inbox:
-    """A FIFO hand-off between processes that costs one event only when a taker waits.
-
-    ``simpy.Store`` schedules an event for every put *and* every get; on this model's
-    hot path that is a quarter of all events, so the queues use this lighter hand-off
-    with the same FIFO semantics: items go straight to the longest-waiting taker.
-    """
-
-    __slots__ = ("_env", "_takers", "items")
-
-    def __init__(self, env: simpy.Environment) -> None:
-        self._env = env
-        self.items: deque[Any] = deque()
-        self._takers: deque[simpy.Event] = deque()
-
-    def put(self, item: Any) -> None:
-        if self._takers:
-            self._takers.popleft().succeed(item)
-        else:
-            self.items.append(item)
-
-    def wait(self) -> simpy.Event:
-        """An event whose value is the next item; call only when ``items`` is empty."""
-        ev = self._env.event()
-        self._takers.append(ev)
-        return ev
-
-
 class Wake(simpy.Event):
-    """A sleeping thread's wake-up: fired by whoever gives it work, after a delay.
+    """An event fired by someone else after a delay: a thread's wake-up, a request's send.
 
-    One event for the wake-up latency, like the ``Timeout`` it replaces, but the thread
-    decides what to serve only when it runs: ``fire_in`` does what ``simpy.Timeout``'s
-    constructor does (mark the event ok and schedule it ``delay`` ahead).
+    One event, like the ``Timeout`` it replaces, but whoever waits on it learns only when
+    it fires what to do: ``fire_in`` does what ``simpy.Timeout``'s constructor does (mark
+    the event ok with ``value`` and schedule it ``delay`` ahead).
     """
 
-    def fire_in(self, delay: float) -> None:
+    def fire_in(self, delay: float, value: Any = None) -> None:
         self._ok = True
-        self._value = None
+        self._value = value
         self.env.schedule(self, NORMAL, delay)
 
 
@@ -166,6 +138,11 @@ class DeviceModelServer:
         if not self.by_index:
             return self.fifo.popleft()
         pending = self.pending
+        if len(pending) == 1:
+            # The common case: one request pending, served whatever the sweep's cursor.
+            index, trap = pending.popitem()
+            self.cursor = index
+            return trap
         cursor = self.cursor
         ahead = [i for i in pending if i > cursor]
         index = min(ahead) if ahead else min(pending)
@@ -198,11 +175,12 @@ class DeviceModelThread(Runner):
     def run(self) -> Process:
         env = self.sim.env
         server = self.server
+        fifo, pending, jobs = server.fifo, server.pending, server.jobs
         pool = self.pool
         service = server.service
         busy = self.busy
         while True:
-            if not server.has_work():
+            if not (fifo or pending):
                 # Sleep; whoever brings work fires the wake-up after the dom0 latency.
                 server.cursor = -1
                 self.wake = Wake(env)
@@ -212,20 +190,27 @@ class DeviceModelThread(Runner):
                 grant = pool.acquire(self, woken=True)
                 if grant is not None:
                     yield grant
-            while server.has_work():
+            while fifo or pending:
                 trap = server.take()
-                if server.jobs and trap.kind == "mmio" and trap.access.is_write:
+                if jobs and trap.kind == "mmio" and trap.access.is_write:
                     # A register write (a context submission) needs a new PPGTT: XenGT
                     # shadows it, write-protecting its pages, before the write completes.
-                    yield from server.jobs.popleft().run(self)
+                    yield from jobs.popleft().run(self)
                 start = env.now
-                yield env.timeout(service[trap.kind]())
+                # The service ends with the reply on the vCPU's event channel: the event
+                # the vCPU waits on (trap.done) fires when the service is over and wakes
+                # the vCPU, then this thread (it waits on it too, after the vCPU), so the
+                # reply costs no event of its own. Its times are known now: they are
+                # what SimPy gives the event (now + delay).
+                delay = service[trap.kind]()
+                trap.t_served = start + delay
+                trap.vcpu.pcpu.reply(trap)
+                done = trap.done
+                done.fire_in(delay)
+                yield done
                 busy.add(start, env.now)
                 self.served += 1
-                trap.t_served = env.now
-                # Notify back on the vCPU's event channel: its pCPU resumes it.
-                trap.vcpu.pcpu.reply(trap)
-                if server.has_work():
+                if pool is not None and (fifo or pending):
                     yield from self.boundary()
             if pool is not None:
                 pool.release(self)
@@ -251,74 +236,92 @@ class HypervisorCpu:
     def __init__(self, sim: Simulation, index: int) -> None:
         self.sim = sim
         self.index = index
-        self.inbox = Inbox(sim.env)
         self.pool: CpuPool | None = None  # set by Simulation once vCPUs are pinned
         c = sim.scenario.costs
         self.resume_ns = {
             "mmio": c.vcpu_wake_ns + c.mmio_decode_ns + c.vmentry_ns,
             "pio": c.vcpu_wake_ns + c.pio_decode_ns + c.vmentry_ns,
         }
-        sim.env.process(self.run())
-
-    def reply(self, trap: Trap) -> None:
-        """The device model's event-channel notification for ``trap``: the vCPU wakes."""
-        if self.pool is None:
-            trap.t_resumed = self.sim.env.now + self.resume_ns[trap.access.kind]
-        trap.done.succeed()
-
-    def run(self) -> Process:
-        env = self.sim.env
-        c = self.sim.scenario.costs
-        exit_ns = {
+        self._exit_ns = {
             "mmio": c.vmexit_ns + c.ept_violation_ns + c.mmio_decode_ns,
             "pio": c.vmexit_ns + c.pio_decode_ns,
         }
-        handler_ns = c.handler_check_ns
-        p2m_ns, send_ns, entry_ns = c.p2m_lookup_ns, c.ioreq_send_ns, c.vmentry_ns
-        walk_ns = self.sim.visit_cost.walk_ns
-        inbox = self.inbox
-        counters = self.sim.recorder.counters
+        self._before_ns: dict[tuple[str, int], float] = {}  # (kind, handlers checked) -> ns
+        self._costs = c
+        self._walk_ns = sim.visit_cost.walk_ns
+        self._counters = sim.recorder.counters
+        self._sent: Wake | None = None  # what the pCPU's process waits on
+        sim.env.process(self.run())
+
+    def reply(self, trap: Trap) -> None:
+        """The device model's event-channel notification for ``trap`` at ``t_served``.
+
+        On a pCPU of its own the vCPU runs at once, so its resume ends at a known time;
+        on a shared pCPU it first waits for its turn (``Vcpu.run``)."""
+        if self.pool is None:
+            trap.t_resumed = trap.t_served + self.resume_ns[trap.access.kind]
+
+    def exit(self, trap: Trap) -> bool:
+        """Xen handles the VM exit of ``trap`` on this pCPU, now; False if that was all.
+
+        The exit, the handler scans, the selection (with its rangeset lock) and the ioreq
+        write are work on this pCPU while the vCPU holds it, whose length is known at the
+        exit: they are computed here, and this pCPU's process is woken once, when the
+        ioreq is sent (``run``), rather than at the exit and again at the send. A
+        request Xen settles itself (the null handler, a read from RAM) never leaves the
+        pCPU: False, with ``t_resumed`` set.
+        """
+        c = self._costs
+        access = trap.access
+        guest = trap.vcpu.guest
+        kind = access.kind
+        # The internal handlers hvm_io_intercept() walked (sim.xen.intercept); an EPT
+        # violation walks them once more in hvm_mmio_internal() on the NPF path.
+        handler, server, visits, p2m_lookups, checked = guest.domain.route_fast(access)
+        trap.visits = visits
+        before_ns = self._before_ns.get((kind, checked))
+        if before_ns is None:
+            before_ns = self._exit_ns[kind] + SCANS[kind] * checked * c.handler_check_ns
+            self._before_ns[kind, checked] = before_ns
+        rangeset = guest.lookup_rangeset(access)
+        nodes = len(rangeset) if rangeset is not None else 0
+        walk = trap.walk_ns = self._walk_ns(visits, nodes) if visits else 0.0
+        now = self.sim.env.now
+        wait = 0.0
+        if rangeset is not None and rangeset is guest.page_rangeset:
+            # find_range() under the read lock; a map/unmap holding it makes us spin.
+            t_lock = now + before_ns
+            wait = guest.page_lock.read(t_lock, walk) - t_lock
+        work = before_ns + wait + walk + p2m_lookups * c.p2m_lookup_ns
+        trap.t_selected = now + work
+        dm = guest.device_models.get(handler) if server is not None else None
+        if dm is None:
+            # Null handler (reads ~0, writes dropped) or a read Xen emulates itself
+            # (p2m_ioreq_server page): no ioreq, no completion; re-enter at once.
+            trap.handler = f"{guest.name}/{handler}"
+            self._counters.null_handled += handler == "none"
+            # The vCPU keeps its pCPU throughout, so the work is folded into its next
+            # run, shared pCPU or not.
+            trap.t_served = trap.t_selected
+            trap.t_resumed = now + work + c.vmentry_ns
+            return False
+        trap.handler = dm.label
+        trap.dm = dm
+        # Copy the ioreq into the shared page and notify; the vCPU blocks in Xen.
+        sent, self._sent = self._sent, None
+        assert sent is not None, "one exit at a time per pCPU"
+        sent.fire_in(work + c.ioreq_send_ns, trap)
+        return True
+
+    def run(self) -> Process:
+        env = self.sim.env
         while True:
-            trap = inbox.items.popleft() if inbox.items else (yield inbox.wait())
-            # A VM exit, handled on this pCPU while the vCPU holds it.
-            access = trap.access
-            guest = trap.vcpu.guest
-            kind = access.kind
-            # The internal handlers hvm_io_intercept() walked (sim.xen.intercept); an EPT
-            # violation walks them once more in hvm_mmio_internal() on the NPF path.
-            handler, server, visits, p2m_lookups, checked = guest.domain.route_fast(access)
-            trap.visits = visits
-            before_ns = exit_ns[kind] + SCANS[kind] * checked * handler_ns
-            rangeset = guest.lookup_rangeset(access)
-            nodes = len(rangeset) if rangeset is not None else 0
-            walk = trap.walk_ns = walk_ns(visits, nodes) if visits else 0.0
-            now = env.now
-            wait = 0.0
-            if rangeset is not None and rangeset is guest.page_rangeset:
-                # find_range() under the read lock; a map/unmap holding it makes us spin.
-                t_lock = now + before_ns
-                wait = guest.page_lock.read(t_lock, walk) - t_lock
-            work = before_ns + wait + walk + p2m_lookups * p2m_ns
-            trap.t_selected = now + work
-            dm = guest.device_models.get(handler) if server is not None else None
-            if dm is None:
-                # Null handler (reads ~0, writes dropped) or a read Xen emulates itself
-                # (p2m_ioreq_server page): no ioreq, no completion; re-enter at once.
-                trap.handler = f"{guest.name}/{handler}"
-                counters.null_handled += handler == "none"
-                # The vCPU keeps its pCPU throughout, so the work is folded into its next
-                # run, shared pCPU or not.
-                trap.t_served = trap.t_selected
-                trap.t_resumed = now + work + entry_ns
-                trap.done.succeed()
-                continue
-            trap.handler = dm.label
-            trap.dm = dm
-            # Copy the ioreq into the shared page and notify; the vCPU blocks in Xen.
-            yield env.timeout(work + send_ns)
+            # Woken when an ioreq has been sent (``exit``): its device model takes it.
+            self._sent = Wake(env)
+            trap = yield self._sent
             if self.pool is not None:
                 self.pool.release(trap.vcpu)
-            dm.put(trap)
+            trap.dm.put(trap)
 
 
 class Vcpu(Runner):
@@ -357,7 +360,7 @@ class Vcpu(Runner):
         counters = recorder.counters
         pcpu = self.pcpu
         pool = pcpu.pool
-        pcpu_inbox = pcpu.inbox
+        exit_to_xen = pcpu.exit
         protected = domain.p2m  # gfn -> p2m type, for write-protected pages only
         resume_delay = 0.0  # resume work done before guest code; see HypervisorCpu
         if pool is not None:
@@ -377,14 +380,15 @@ class Vcpu(Runner):
                 # The page's map failed (or was never made): the write does not trap.
                 counters.untracked_ppgtt_writes += 1
                 continue
-            trap = Trap(self, kind, access, env.now, env.event())
-            pcpu_inbox.put(trap)
-            yield trap.done
-            if pool is not None and trap.dm is not None:
-                # Woken by the reply (BOOST): wait for the pCPU, then resume there.
-                grant = pool.acquire(self, woken=True)
-                if grant is not None:
-                    yield grant
-                trap.t_resumed = env.now + pcpu.resume_ns[access.kind]
+            trap = Trap(self, kind, access, env.now, Wake(env))
+            if exit_to_xen(trap):
+                # Blocked in Xen until the device model's reply (HypervisorCpu.reply).
+                yield trap.done
+                if pool is not None:
+                    # Woken by the reply (BOOST): wait for the pCPU, then resume there.
+                    grant = pool.acquire(self, woken=True)
+                    if grant is not None:
+                        yield grant
+                    trap.t_resumed = env.now + pcpu.resume_ns[access.kind]
             recorder.record(trap)
             resume_delay = trap.t_resumed - env.now
