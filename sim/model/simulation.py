@@ -93,6 +93,8 @@ class GuestRuntime:
             Design.P2M_IOREQ_SERVER: None,
         }[self.design]
         self.page_lock = RwLockTimeline()
+        # Under Xen 4.6 every MMIO lookup reads MEMORY (bound once for the hot path).
+        self.page_in_memory = self.design is Design.XEN_46
         self.device_models = {
             "qemu": DeviceModelServer(sim, name, "qemu", config.qemu),
             "xengt": DeviceModelServer(sim, name, "xengt", v.device_model),
@@ -161,7 +163,7 @@ class GuestRuntime:
         """
         if access.kind == "pio":
             return self.port_rangeset
-        if self.design is Design.XEN_46:
+        if self.page_in_memory:
             return self.memory_rangeset
         if (access.addr >> PAGE_SHIFT) in self.domain.p2m:
             return self.page_rangeset
