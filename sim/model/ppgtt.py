@@ -88,6 +88,9 @@ class PpgttLifecycle:
         self.sizes = [base + (1 if i < extra else 0) for i in range(n_ppgtts)]
         self.ppgtts: list[list[int]] = [[] for _ in self.sizes]
         self.hypercall_ns = sim.scenario.costs.hypercall_ns
+        self.env = sim.env
+        self.counters = sim.recorder.counters
+        self.visit_cost = sim.visit_cost
         for slot in range(n_ppgtts):
             self.frames.restart_run()
             for _ in range(self.sizes[slot]):
@@ -105,27 +108,27 @@ class PpgttLifecycle:
         never waits); add/remove walk twice under the write lock, after the readers
         already inside have left.
         """
-        g = self.guest
-        cost = self.sim.visit_cost
-        if g.page_rangeset is None or visits == 0:
+        if visits == 0 or self.guest.page_rangeset is None:
             return self.hypercall_ns
+        cost = self.visit_cost
         if rc in READ_ONLY_REFUSALS:
             return self.hypercall_ns + cost.walk_ns(visits, nodes)
         walks = cost.walks_ns(visits, nodes, WALKS)
         read_ns = walks / WALKS
         write_ns = walks - read_ns
-        now = self.sim.env.now
+        now = self.env.now
         t_write = now + self.hypercall_ns + read_ns
-        start = g.page_lock.write(t_write, write_ns)
+        start = self.guest.page_lock.write(t_write, write_ns)
         return start + write_ns - now
 
     def map_page(self, slot: int, costed: bool = True) -> float:
         g = self.guest
-        counters = self.sim.recorder.counters
+        counters = self.counters
         gfn = self.frames.allocate()
         self.ppgtts[slot].append(gfn)
         g.live_pages.add(gfn)
-        nodes = g.page_nodes()
+        rangeset = g.page_rangeset
+        nodes = len(rangeset) if rangeset is not None else 0
         rc, visits = g.domain.write_protect_rc(g.xengt, gfn, gfn)
         counters.maps += 1
         if rc is not None:
@@ -141,11 +144,12 @@ class PpgttLifecycle:
 
     def unmap_page(self, gfn: int) -> float:
         g = self.guest
-        counters = self.sim.recorder.counters
         g.live_pages.remove(gfn)
         duration = 0.0
-        if g.domain.is_write_protected(gfn):
-            nodes = g.page_nodes()
+        if gfn in g.domain.p2m:  # write-protected (its map succeeded)
+            counters = self.counters
+            rangeset = g.page_rangeset
+            nodes = len(rangeset) if rangeset is not None else 0
             counters.unmaps += 1
             rc, visits = g.domain.unprotect_rc(g.xengt, gfn, gfn)
             if rc is not None:

@@ -148,11 +148,6 @@ class GuestRuntime:
         think = g.vcpu_think[index] if g.vcpu_think is not None else g.think
         return self.sim.sampler(think, f"{name}/think"), self.workload
 
-    def page_nodes(self) -> int:
-        """Nodes of the rangeset the page maps walk (0 under p2m-ioreq-server)."""
-        r = self.page_rangeset
-        return len(r) if r is not None else 0
-
     def lookup_rangeset(self, access: Access) -> Rangeset | None:
         """The XenGT rangeset an access's selection reads, whose lock it takes.
 

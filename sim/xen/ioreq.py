@@ -324,4 +324,4 @@ class IoreqDomain(Routing, MemTypes):
 
     def range_count(self, server: IoreqServer) -> int:
         """Nodes across all of a server's rangesets."""
-        return sum(len(r) for r in server.rangesets.values())
+        return sum(map(len, server.rangesets.values()))
