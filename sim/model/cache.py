@@ -48,7 +48,7 @@ MAX_DEPTH = 64
 class VisitCost:
     """Prices node visits of one rangeset implementation on one platform (ns)."""
 
-    __slots__ = ("_flat", "_levels", "_list", "_tree", "_tree_extra_ns", "cpu", "impl")
+    __slots__ = ("_flat", "_levels", "_list", "_tree", "_tree_extra_ns", "cpu", "impl", "walk_ns")
 
     def __init__(self, cpu: CpuCaches, impl: str, flat_ns: float | None = None) -> None:
         self.cpu = cpu
@@ -65,6 +65,16 @@ class VisitCost:
         self._tree_extra_ns = (COMPARE_CYCLES + cpu.mispredict_cycles / 2) / ghz
         self._list: dict[int, float] = {}  # nodes -> ns per visit
         self._tree: dict[int, list[float]] = {}  # nodes -> cost of a path of v visits
+        #: ``walk_ns(visits, nodes)``: one lookup that visits ``visits`` nodes of a set of
+        #: ``nodes`` nodes. Every trap prices its walk, so the structure's own pricing is
+        #: bound here once rather than chosen on each call.
+        self.walk_ns = (
+            self._flat_walk_ns
+            if flat_ns is not None
+            else self._list_walk_ns
+            if impl == "list"
+            else self._tree_walk_ns
+        )
 
     def load_ns(self, nodes: float) -> float:
         """Expected latency of a dependent load into a working set of ``nodes`` lines."""
@@ -96,12 +106,16 @@ class VisitCost:
             self._tree[nodes] = path
         return path
 
-    def walk_ns(self, visits: int, nodes: int) -> float:
-        """One lookup that visits ``visits`` nodes of a set of ``nodes`` nodes."""
-        if self._flat is not None:
-            return visits * self._flat
-        if self.impl == "list":
-            return visits * self.list_visit_ns(nodes)
+    def _flat_walk_ns(self, visits: int, nodes: int) -> float:
+        return visits * self._flat  # type: ignore[operator]
+
+    def _list_walk_ns(self, visits: int, nodes: int) -> float:
+        cost = self._list.get(nodes)
+        if cost is None:
+            cost = self.list_visit_ns(nodes)
+        return visits * cost
+
+    def _tree_walk_ns(self, visits: int, nodes: int) -> float:
         path = self.tree_path(nodes)
         return path[visits] if visits <= MAX_DEPTH else path[-1] * visits / MAX_DEPTH
 

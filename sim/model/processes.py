@@ -114,18 +114,11 @@ class DeviceModelServer:
         else:
             self.fifo.append(trap)
         if self.sleeping:
-            self._wake()
+            self.sleeping.popleft().wake.fire_in(self.wakeup())
 
     def put_job(self, job: PpgttJob) -> None:
         """A PPGTT replacement is due; the guest's next register write triggers it."""
         self.jobs.append(job)
-
-    def _wake(self) -> None:
-        thread = self.sleeping.popleft()
-        thread.wake.fire_in(self.wakeup())
-
-    def has_work(self) -> bool:
-        return bool(self.fifo or self.pending)
 
     def take(self) -> Trap:
         """The next request, in the server's order.
@@ -248,6 +241,7 @@ class HypervisorCpu:
         }
         self._before_ns: dict[tuple[str, int], float] = {}  # (kind, handlers checked) -> ns
         self._costs = c
+        self._env = sim.env
         self._walk_ns = sim.visit_cost.walk_ns
         self._counters = sim.recorder.counters
         self._sent: Wake | None = None  # what the pCPU's process waits on
@@ -284,9 +278,9 @@ class HypervisorCpu:
             before_ns = self._exit_ns[kind] + SCANS[kind] * checked * c.handler_check_ns
             self._before_ns[kind, checked] = before_ns
         rangeset = guest.lookup_rangeset(access)
+        now = self._env.now
         nodes = len(rangeset) if rangeset is not None else 0
         walk = trap.walk_ns = self._walk_ns(visits, nodes) if visits else 0.0
-        now = self.sim.env.now
         wait = 0.0
         if rangeset is not None and rangeset is guest.page_rangeset:
             # find_range() under the read lock; a map/unmap holding it makes us spin.

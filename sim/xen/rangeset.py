@@ -136,7 +136,7 @@ class Rangeset:
     Intel's ``RANGESETF_unlimited`` (intel/Igvtg-xen 62c6a69f4b).
     """
 
-    __slots__ = ("_cost", "_ends", "_free", "_starts", "impl", "limit", "name")
+    __slots__ = ("_cost", "_ends", "_free", "_is_list", "_starts", "impl", "limit", "name")
 
     def __init__(
         self, impl: RangesetImpl = "list", limit: int | None = None, name: str = "(no name)"
@@ -152,6 +152,7 @@ class Rangeset:
         if limit is not None and limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
         self.impl: RangesetImpl = impl
+        self._is_list = impl == "list"
         self.limit = limit
         self.name = name
         self._starts: list[int] = []
@@ -306,9 +307,13 @@ class Rangeset:
 
         The selector's hot path; the caller guarantees ``0 <= s <= e <= 2^64-1``.
         """
-        starts = self._starts
+        starts, ends = self._starts, self._ends
         k = bisect_right(starts, s)
-        return (k > 0 and self._ends[k - 1] >= e), self._cost.visits(starts, self._ends, s, k)
+        if self._is_list:
+            # _ListCost.visits, inlined: this runs on every trap.
+            n = len(starts)
+            return (k > 0 and ends[k - 1] >= e), (k + 1 if k < n else n)
+        return (k > 0 and ends[k - 1] >= e), self._cost.visits(starts, ends, s, k)
 
     def probe(self, s: int, e: int) -> tuple[bool, bool, int, int]:
         """What a map or unmap hypercall needs, from two searches.
