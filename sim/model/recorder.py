@@ -120,12 +120,16 @@ class RangeCountMeter:
         self.at_start = 0
 
     def update(self, value: int) -> None:
+        # Called after every map and unmap hypercall: max() spelled out, no calls.
         now = self.env.now
-        if now > self.start:
-            self.area += self.value * (now - max(self.last_t, self.start))
+        start = self.start
+        if now > start:
+            last_t = self.last_t
+            self.area += self.value * (now - (start if start > last_t else last_t))
         self.last_t = now
         self.value = value
-        self.max = max(self.max, value)
+        if value > self.max:
+            self.max = value
 
     def mean(self, end: float) -> float:
         span = end - self.start

@@ -322,15 +322,18 @@ class Rangeset:
         where visits(x) is the cost of ``find_range(x)``. The caller guarantees
         ``0 <= s <= e <= 2^64-1``.
         """
-        starts, ends, visits = self._starts, self._ends, self._cost.visits
+        starts, ends = self._starts, self._ends
         ks = bisect_right(starts, s)
         ke = bisect_right(starts, e)
-        return (
-            ks > 0 and ends[ks - 1] >= e,
-            ke > 0 and s <= ends[ke - 1],
-            visits(starts, ends, s, ks),
-            visits(starts, ends, e, ke),
-        )
+        if self._is_list:
+            # _ListCost.visits, inlined: this runs on every map and unmap hypercall.
+            n = len(starts)
+            visits_s = ks + 1 if ks < n else n
+            visits_e = ke + 1 if ke < n else n
+        else:
+            visits_s = self._cost.visits(starts, ends, s, ks)
+            visits_e = self._cost.visits(starts, ends, e, ke)
+        return ks > 0 and ends[ks - 1] >= e, ke > 0 and s <= ends[ke - 1], visits_s, visits_e
 
     def ranges(self) -> list[tuple[int, int]]:
         return list(zip(self._starts, self._ends, strict=True))
