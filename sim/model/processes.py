@@ -85,6 +85,15 @@ class Wake(simpy.Event):
         self.env.schedule(self, NORMAL, delay)
 
 
+# Saving zero-delay events. SimPy processes the events due at one instant in the order
+# they were scheduled, so when nothing else is due now (``env.peek() > now``), a
+# zero-delay event scheduled now would be the very next one: nothing could happen
+# between now and it. The work it would wake a process for (Xen taking a trap from its
+# vCPU, a vCPU taking the device model's reply) is then done at once, in the same
+# order, and the event saved. When another event is due now, it keeps its turn: the
+# zero-delay event is scheduled as before.
+
+
 class DeviceModelServer:
     """The device model behind one ioreq server: its pending work and its threads."""
 
@@ -152,6 +161,9 @@ class DeviceModelThread(Runner):
         self.sim = server.sim
         self.busy = self.sim.new_busy()
         self.served = 0
+        #: When a reply rides on this thread's last service event (``run``): until the
+        #: vCPU has run, a PPGTT burst must not move the clock (``PpgttJob.run``).
+        self.reply_at = -1.0
         self.wake = Wake(self.sim.env)
         self.pool = self.sim.dom0_pool_for(self)
         self.sim.dm_threads.append(self)
@@ -190,19 +202,26 @@ class DeviceModelThread(Runner):
                     # shadows it, write-protecting its pages, before the write completes.
                     yield from jobs.popleft().run(self)
                 start = env.now
-                # The service ends with the reply on the vCPU's event channel: the event
-                # the vCPU waits on (trap.done) fires when the service is over and wakes
-                # the vCPU, then this thread (it waits on it too, after the vCPU), so the
-                # reply costs no event of its own. Its times are known now: they are
-                # what SimPy gives the event (now + delay).
-                delay = service[trap.kind]()
-                trap.t_served = start + delay
-                trap.vcpu.pcpu.reply(trap)
-                done = trap.done
-                done.fire_in(delay)
-                yield done
-                busy.add(start, env.now)
+                service_end = env.timeout(service[trap.kind]())
+                waiters = service_end.callbacks  # this thread's, once it yields
+                yield service_end
+                end = env.now
+                busy.add(start, end)
                 self.served += 1
+                trap.t_served = end
+                # Notify back on the vCPU's event channel: its pCPU resumes it.
+                trap.vcpu.pcpu.reply(trap)
+                if env.peek() > end:
+                    # Nothing else is due now (see "Saving zero-delay events" above), so
+                    # the reply's event would come right after this one: the vCPU runs
+                    # after this thread's turn in this event instead (SimPy calls the
+                    # callbacks of an event in order, these included; a timeout has no
+                    # other waiter than this thread). No run-ahead until it has run.
+                    waiters.extend(trap.done.callbacks)
+                    trap.done.callbacks.clear()
+                    self.reply_at = end
+                else:
+                    trap.done.succeed()
                 if pool is not None and (fifo or pending):
                     yield from self.boundary()
             if pool is not None:
@@ -244,7 +263,8 @@ class HypervisorCpu:
         self._env = sim.env
         self._walk_ns = sim.visit_cost.walk_ns
         self._counters = sim.recorder.counters
-        self._sent: Wake | None = None  # what the pCPU's process waits on
+        self._waiting = Wake(sim.env)  # what this pCPU's process waits on (``run``)
+        self._handle_first = False  # the exit was handed over, not handled yet
         sim.env.process(self.run())
 
     def reply(self, trap: Trap) -> None:
@@ -256,14 +276,32 @@ class HypervisorCpu:
             trap.t_resumed = trap.t_served + self.resume_ns[trap.access.kind]
 
     def exit(self, trap: Trap) -> bool:
-        """Xen handles the VM exit of ``trap`` on this pCPU, now; False if that was all.
+        """A VM exit of ``trap`` on this pCPU, now; False if Xen settled it at once.
+
+        As in Xen, the vCPU hands the exit to this pCPU's process, which handles it
+        (``handle``) and sends the ioreq after that work. When nothing else is due now,
+        that hand-off would be the next event, so the exit is handled at once and the
+        process woken only at the send (see "Saving zero-delay events" above).
+        """
+        now = trap.t_trap
+        if self._env.peek() == now:
+            # Another event is due now: it keeps its turn before the hand-off.
+            self._handle_first = True
+            self._waiting.fire_in(0.0, trap)
+            return True
+        delay = self.handle(trap, now)
+        if delay is None:
+            return False
+        self._waiting.fire_in(delay, trap)
+        return True
+
+    def handle(self, trap: Trap, now: float) -> float | None:
+        """Xen's handling of an exit, now: the time until its ioreq is sent.
 
         The exit, the handler scans, the selection (with its rangeset lock) and the ioreq
-        write are work on this pCPU while the vCPU holds it, whose length is known at the
-        exit: they are computed here, and this pCPU's process is woken once, when the
-        ioreq is sent (``run``), rather than at the exit and again at the send. A
-        request Xen settles itself (the null handler, a read from RAM) never leaves the
-        pCPU: False, with ``t_resumed`` set.
+        write are work on this pCPU while the vCPU holds it. None for a request Xen
+        settles itself (the null handler, a read from RAM): no ioreq, no completion, and
+        ``t_resumed`` is set.
         """
         c = self._costs
         access = trap.access
@@ -278,7 +316,6 @@ class HypervisorCpu:
             before_ns = self._exit_ns[kind] + SCANS[kind] * checked * c.handler_check_ns
             self._before_ns[kind, checked] = before_ns
         rangeset = guest.lookup_rangeset(access)
-        now = self._env.now
         nodes = len(rangeset) if rangeset is not None else 0
         walk = trap.walk_ns = self._walk_ns(visits, nodes) if visits else 0.0
         wait = 0.0
@@ -298,24 +335,28 @@ class HypervisorCpu:
             # run, shared pCPU or not.
             trap.t_served = trap.t_selected
             trap.t_resumed = now + work + c.vmentry_ns
-            return False
+            return None
         trap.handler = dm.label
         trap.dm = dm
         # Copy the ioreq into the shared page and notify; the vCPU blocks in Xen.
-        sent, self._sent = self._sent, None
-        assert sent is not None, "one exit at a time per pCPU"
-        sent.fire_in(work + c.ioreq_send_ns, trap)
-        return True
+        return work + c.ioreq_send_ns
 
     def run(self) -> Process:
         env = self.sim.env
         while True:
-            # Woken when an ioreq has been sent (``exit``): its device model takes it.
-            self._sent = Wake(env)
-            trap = yield self._sent
+            trap = yield self._waiting
+            self._waiting = Wake(env)  # for the next exit
+            if self._handle_first:
+                # Handed the exit (``exit``): handle it, then send after that work.
+                self._handle_first = False
+                delay = self.handle(trap, env.now)
+                if delay is None:
+                    trap.done.succeed()
+                    continue
+                yield env.timeout(delay)
             if self.pool is not None:
                 self.pool.release(trap.vcpu)
-            trap.dm.put(trap)
+            trap.dm.put(trap)  # type: ignore[union-attr]
 
 
 class Vcpu(Runner):
@@ -374,11 +415,11 @@ class Vcpu(Runner):
                 # The page's map failed (or was never made): the write does not trap.
                 counters.untracked_ppgtt_writes += 1
                 continue
-            trap = Trap(self, kind, access, env.now, Wake(env))
+            trap = Trap(self, kind, access, env.now, env.event())
             if exit_to_xen(trap):
                 # Blocked in Xen until the device model's reply (HypervisorCpu.reply).
                 yield trap.done
-                if pool is not None:
+                if pool is not None and trap.dm is not None:
                     # Woken by the reply (BOOST): wait for the pCPU, then resume there.
                     grant = pool.acquire(self, woken=True)
                     if grant is not None:

@@ -16,7 +16,7 @@ import simpy
 from sim.xen.ioreq import Access
 
 if TYPE_CHECKING:
-    from sim.model.processes import DeviceModelServer, Vcpu, Wake
+    from sim.model.processes import DeviceModelServer, Vcpu
 
 
 class Trap:
@@ -37,7 +37,9 @@ class Trap:
         "walk_ns",
     )
 
-    def __init__(self, vcpu: Vcpu, kind: str, access: Access, t_trap: float, done: Wake) -> None:
+    def __init__(
+        self, vcpu: Vcpu, kind: str, access: Access, t_trap: float, done: simpy.Event
+    ) -> None:
         # t_selected, t_served and t_resumed are set on the way, always before use.
         self.vcpu = vcpu
         self.kind = kind
