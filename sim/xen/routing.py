@@ -84,7 +84,52 @@ class Routing:
         Returns ``(handler, server, visits, p2m_lookups, emulators_checked)``. One request,
         as the model's accesses are aligned single accesses (no splitting here). A request
         no emulator can take (nearly all of them) skips the walk: its count is known.
+        The common case, a port or a single MMIO request that no emulator and no config
+        decode takes, is :meth:`_select` flattened into this frame (the model calls this
+        on every trap); ``tests/test_ioreq.py`` checks it against :meth:`route`.
         """
+        internal = self.internal
+        kind = access.kind
+        addr = access.addr
+        p2m = 0
+        if kind == "pio":
+            if addr in internal.ports or ((addr & ~3) == CFC_PORT and self.pci_cf8 & 0x80000000):
+                return self._route_fast_general(access)
+            rtype, lookup_s, lookup_e = _PORT, addr, addr + access.size - 1
+        else:
+            if access.df or access.count != 1 or addr >> PAGE_SHIFT in internal.pages:
+                return self._route_fast_general(access)
+            if self.profile.p2m_ioreq_server:
+                claimed = self._p2m_route(access)
+                if claimed is not None:
+                    return claimed[0], claimed[1], 0, 1, internal.count
+                p2m = 1
+            if not self.servers:
+                return "none", None, 0, p2m, internal.count
+            rtype, lookup_s, lookup_e = _MEMORY, addr, addr + access.size - 1
+            if self.design is _WP_SPLIT:
+                p2m += 1
+                if addr >> PAGE_SHIFT in self.p2m:
+                    rtype = _WP_MEM
+                    lookup_s = lookup_e = addr >> PAGE_SHIFT
+            if lookup_s < 0 or lookup_e > U64_MAX:
+                raise ValueError(f"access window [{lookup_s:#x}, {lookup_e:#x}] leaves 0..2^64-1")
+        total = 0
+        for server in self._search_order:
+            if server.enabled:
+                hit, visits = server.rangesets[rtype].query_range(lookup_s, lookup_e)
+                total += visits
+                if hit:
+                    return server.name, server, total, p2m, internal.count
+        default = self.default_server
+        if default is None:
+            return "none", None, total, p2m, internal.count
+        return default.name, default, total, p2m, internal.count
+
+    def _route_fast_general(
+        self: IoreqDomain, access: Access
+    ) -> tuple[str, IoreqServer | None, int, int, int]:
+        """:meth:`route_fast` for any request: emulators, config decode, reps."""
         internal = self.internal
         if access.kind == "pio":
             hot = access.addr in internal.ports
