@@ -65,18 +65,8 @@ class PpgttJob:
             start = env.now
             delay = step()
             end = start + delay  # what SimPy makes of a timeout of ``delay`` issued now
-            if pool is None and end < env.peek() and thread.reply_at != start:
-                # Nothing else is due before this hypercall ends, so nothing can happen
-                # meanwhile: its timeout would be the next event, and the thread would
-                # resume at ``end`` to issue the next one. Move the clock there instead
-                # of waiting (same times, same order; a burst of hundreds of hypercalls
-                # then costs a few events). Only this thread's process runs now: it was
-                # woken by an event nobody else waits on after it (its wake-up, its own
-                # timeout, or a service's end, unless a vCPU's reply rides on it: see
-                # DeviceModelThread.run).
-                env._now = end  # SimPy keeps its clock there
-            else:
-                yield env.timeout(delay)
+            if not thread.run_ahead(start, end):
+                yield thread.waits_on(env.timeout(delay))
             busy.add(start, end)
             if pool is not None:
                 # Back from a hypercall: where dom0's kernel may switch to another thread.
