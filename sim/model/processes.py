@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Generator
+from heapq import heappush
 from typing import TYPE_CHECKING, Any
 
 import simpy
@@ -84,6 +85,15 @@ class Wake(simpy.Event):
         self._value = value
         self.env.schedule(self, NORMAL, delay)
 
+    def fire_at(self, when: float) -> None:
+        """Fire at the instant ``when`` (not before now), exactly: what ``fire_in``
+        would schedule if called at ``when`` (SimPy's own ``schedule``, minus its
+        ``now + delay``, whose rounding would differ from a time computed ahead)."""
+        env = self.env
+        self._ok = True
+        self._value = None
+        heappush(env._queue, (when, NORMAL, next(env._eid), self))  # type: ignore[attr-defined]
+
 
 # Saving zero-delay events. SimPy processes the events due at one instant in the order
 # they were scheduled, so when nothing else is due now (``env.peek() > now``), a
@@ -116,14 +126,19 @@ class DeviceModelServer:
         }
         self.threads = [DeviceModelThread(self, i) for i in range(config.workers)]
 
-    def put(self, trap: Trap) -> None:
-        """An ioreq arrives (the event channel to dom0 was notified)."""
+    def put(self, trap: Trap, at: float | None = None) -> None:
+        """An ioreq arrives (the event channel to dom0 was notified), now or, when the
+        caller knows that nothing happens before then, at the instant ``at``."""
         if self.by_index:
             self.pending[trap.vcpu.index] = trap
         else:
             self.fifo.append(trap)
         if self.sleeping:
-            self.sleeping.popleft().wake.fire_in(self.wakeup())
+            wake = self.sleeping.popleft().wake
+            if at is None:
+                wake.fire_in(self.wakeup())
+            else:
+                wake.fire_at(at + self.wakeup())
 
     def put_job(self, job: PpgttJob) -> None:
         """A PPGTT replacement is due; the guest's next register write triggers it."""
@@ -318,6 +333,14 @@ class HypervisorCpu:
         delay = self.handle(trap, now)
         if delay is None:
             return False
+        sent = now + delay  # when SimPy would wake this pCPU's process to send
+        if self.pool is None and self._env.peek() > sent:
+            # Nothing else is due up to the send (and nothing runs after this vCPU at
+            # this instant: it was woken by an event of its own), so nothing can see
+            # the request before it is sent: put it now, as of then. On a shared pCPU
+            # the send also gives the pCPU away, so it keeps its event.
+            trap.dm.put(trap, sent)  # type: ignore[union-attr]
+            return True
         self._waiting.fire_in(delay, trap)
         return True
 
