@@ -61,9 +61,9 @@ class PpgttJob:
         env = self.lifecycle.sim.env
         busy = thread.busy
         pool = thread.pool
-        for step in self.lifecycle.replace_steps(self.slot):
+        for hypercall, arg in self.lifecycle.replace_steps(self.slot):
             start = env.now
-            delay = step()
+            delay = hypercall(arg)
             end = start + delay  # what SimPy makes of a timeout of ``delay`` issued now
             if not thread.run_ahead(start, end):
                 yield thread.waits_on(env.timeout(delay))
@@ -163,14 +163,16 @@ class PpgttLifecycle:
         return duration
 
     # -- a replacement, step by step ---------------------------------------------------
-    def replace_steps(self, slot: int) -> Iterator[Callable[[], float]]:
-        """One callable per hypercall (applied when called, returning its duration)."""
+    def replace_steps(self, slot: int) -> Iterator[tuple[Callable[[int], float], int]]:
+        """One ``(hypercall, argument)`` per hypercall: ``hypercall(argument)`` applies it
+        when called and returns its duration."""
         old, self.ppgtts[slot] = self.ppgtts[slot], []
+        unmap, map_ = self.unmap_page, self.map_page
         for gfn in old:
-            yield lambda gfn=gfn: self.unmap_page(gfn)
+            yield unmap, gfn
         self.frames.restart_run()
         for _ in range(self.sizes[slot]):
-            yield lambda: self.map_page(slot)
+            yield map_, slot
 
     def churn(self, slot: int, lifetime_ns: float, n_slots: int) -> Process:
         env = self.sim.env

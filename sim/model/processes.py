@@ -325,7 +325,8 @@ class HypervisorCpu:
         process woken only at the send (see "Saving zero-delay events" above).
         """
         now = trap.t_trap
-        if self._env.peek() == now:
+        next_due = self._env.peek()
+        if next_due == now:
             # Another event is due now: it keeps its turn before the hand-off.
             self._handle_first = True
             self._waiting.fire_in(0.0, trap)
@@ -334,7 +335,7 @@ class HypervisorCpu:
         if delay is None:
             return False
         sent = now + delay  # when SimPy would wake this pCPU's process to send
-        if self.pool is None and self._env.peek() > sent:
+        if self.pool is None and next_due > sent:
             # Nothing else is due up to the send (and nothing runs after this vCPU at
             # this instant: it was woken by an event of its own), so nothing can see
             # the request before it is sent: put it now, as of then. On a shared pCPU
