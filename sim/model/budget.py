@@ -39,9 +39,10 @@ DEFAULT_MAX_EVENTS = 50_000_000
 MAX_EVENTS_LIMIT = 10**12
 #: SimPy events per turn of a vCPU's loop that traps, and per turn that does not (an
 #: untracked page-table write: one timeout). Measured on the shipped scenarios
-#: (tests/test_budget.py checks the estimate against counted events): 2.3 to 2.9 on a
-#: pCPU of its own (the exit, a device-model wake-up, a service that something else
-#: interrupts, PPGTT bursts), 3.8 when pCPUs or dom0 vCPUs are shared.
+#: (tests/test_budget.py checks the estimate against counted events): about 2 to 2.5 on
+#: a pCPU of its own (the think time, a device-model wake-up, a service or PPGTT burst
+#: that something else interrupts), 3.5 when pCPUs or dom0 vCPUs are shared; rounded
+#: up, so that the estimate errs above.
 EVENTS_PER_TRAP = 3
 EVENTS_PER_SHARED_TRAP = 5
 UNTRACKED = "untracked page-table write"
