@@ -211,7 +211,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from sim.bench import format_report, main_json, run_bench
 
     print("measuring (a few minutes; --quick for a rough pass) ...", file=sys.stderr)
-    figures = run_bench(quick=args.quick, rss=not args.no_rss, sweep=not args.no_sweep)
+    figures = run_bench(
+        quick=args.quick,
+        rss=not args.no_rss,
+        sweep=not args.no_sweep,
+        callgrind=not args.no_callgrind,
+    )
     print(main_json(figures) if args.json else format_report(figures))
     return EXIT_OK
 
@@ -401,13 +406,15 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Measure the model's host time per access against a minimal SimPy round "
             "trip, the 8192-vs-64-range ratios for both rangesets, the peak RSS of a "
-            "1,000,000-access run, and a sweep's speed-up with 2 jobs over 1. Ratios, "
-            "because absolute times are noisy here."
+            "1,000,000-access run, a sweep's speed-up with 2 jobs over 1, and, where "
+            "valgrind is on PATH, instructions per trap counted with callgrind. Ratios "
+            "and counts, because absolute times are noisy here."
         ),
     )
     p.add_argument("--quick", action="store_true", help="fewer repetitions, smaller RSS run")
     p.add_argument("--no-rss", action="store_true", help="skip the peak-RSS child run")
     p.add_argument("--no-sweep", action="store_true", help="skip the sweep speed-up runs")
+    p.add_argument("--no-callgrind", action="store_true", help="skip callgrind's counts")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(func=_cmd_bench)
 
