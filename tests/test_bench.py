@@ -157,6 +157,23 @@ def test_instructions_per_trap_reports_a_failed_child(monkeypatch: pytest.Monkey
         instructions_per_trap("model", 20, 20)
 
 
+@pytest.mark.parametrize("kind", ["model", "round_trip"])
+def test_callgrind_child_code_runs_and_prints_its_traps(kind: str) -> None:
+    """What the callgrind children run, run here without valgrind on a tiny size."""
+    code = sim.bench.CALLGRIND_CHILDREN[kind].format(n=40)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.split()[-1] == "40"
+    assert (
+        "scipy"
+        not in subprocess.run(  # the children import no sweep machinery
+            [sys.executable, "-c", code + "import sys; print(sorted(sys.modules))"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+
+
 @pytest.fixture
 def cheap_bench(monkeypatch: pytest.MonkeyPatch) -> None:
     """run_bench with the timed parts replaced by constants (they have tests of their own)."""
@@ -191,6 +208,20 @@ def test_without_valgrind_the_report_says_so(
     assert "instructions per trap: not counted (valgrind is not on PATH)" in lines
 
 
+def test_a_failed_callgrind_keeps_the_other_figures(
+    cheap_bench: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sim.bench.shutil, "which", lambda name: "/usr/bin/valgrind")
+
+    def failed(quick: bool) -> dict[str, Any]:
+        raise RuntimeError("callgrind child (model, 2000) exited 1: boom")
+
+    monkeypatch.setattr(sim.bench, "callgrind_figures", failed)
+    figures = run_bench(quick=True, rss=False, sweep=False)
+    assert figures["model_rate_ratio"] == pytest.approx(0.5)
+    assert figures["callgrind_skipped"].startswith("callgrind failed: callgrind child (model")
+
+
 def test_callgrind_figures_reach_json_and_goals(
     cheap_bench: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -209,6 +240,6 @@ def test_callgrind_figures_reach_json_and_goals(
     assert figures["bench_wall_s"] >= 0
     report = format_report(figures)
     assert "model 115,000, round trip 69,000, ratio 0.600" in report
-    assert "(runs of 2,000 and 6,000 model traps, 4,000 and 12,000 round trips)" in report
+    assert "(runs of 2,000 and 6,000 model traps, 4,000 and 12,000 round trips in " in report
     goal = next(line for line in report.splitlines() if "bdw.yaml (callgrind)" in line)
     assert goal.endswith("MISSED")
