@@ -31,9 +31,9 @@ if TYPE_CHECKING:
 
 from sim.model.bounds import TIME_RESOLUTION_NS
 
-#: The default of ``--max-events``: about 12 minutes of host time at the rate of a 1 s
-#: bdw.yaml run (175,000 events and maps in 2.5 s on the shared 2-core machine), and
-#: over 1,000 times what bdw.yaml needs.
+#: The default of ``--max-events``: about 8 to 9 minutes of host time at bdw.yaml's rate
+#: (a 1 s run: 74,000 events and maps in 0.8 s on the shared 2-core machine), and
+#: about 2,900 times what bdw.yaml (200 ms) needs.
 DEFAULT_MAX_EVENTS = 50_000_000
 #: The largest ``--max-events`` accepted: a cap, however generous, stays a cap.
 MAX_EVENTS_LIMIT = 10**12
