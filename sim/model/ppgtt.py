@@ -62,7 +62,7 @@ class PpgttJob:
         busy = thread.busy
         pool = thread.pool
         for hypercall, arg in self.lifecycle.replace_steps(self.slot):
-            start = env.now
+            start = env._now  # SimPy's clock, read directly (see processes.py)
             delay = hypercall(arg)
             end = start + delay  # what SimPy makes of a timeout of ``delay`` issued now
             if not thread.run_ahead(start, end):
@@ -118,7 +118,7 @@ class PpgttLifecycle:
         walks = cost.walks_ns(visits, nodes, WALKS)
         read_ns = walks / WALKS
         write_ns = walks - read_ns
-        now = self.env.now
+        now = self.env._now  # SimPy's clock, read directly (see processes.py)
         t_write = now + self.hypercall_ns + read_ns
         start = self.guest.page_lock.write(t_write, write_ns)
         return start + write_ns - now

@@ -95,6 +95,14 @@ class Wake(simpy.Event):
         heappush(env._queue, (when, NORMAL, next(env._eid), self))  # type: ignore[attr-defined]
 
 
+#: What SimPy's ``peek()`` returns when nothing is scheduled.
+INF = float("inf")
+
+# Reading SimPy's clock and heap. The hot paths below read SimPy 4's clock (``env._now``)
+# and event heap (``env._queue``, whose top is the next event due) directly: the ``now``
+# property and ``peek()`` are a Python call each, about ten per trap. (pyproject.toml
+# pins simpy < 5 for this.)
+
 # Saving zero-delay events. SimPy processes the events due at one instant in the order
 # they were scheduled, so when nothing else is due now (``env.peek() > now``), a
 # zero-delay event scheduled now would be the very next one: nothing could happen
@@ -175,6 +183,7 @@ class DeviceModelThread(Runner):
         self.server = server
         self.sim = server.sim
         self.env = self.sim.env
+        self._queue = self.env._queue  # type: ignore[attr-defined]  # see "Reading SimPy's clock"
         self.busy = self.sim.new_busy()
         self.served = 0
         self.wake = Wake(self.env)
@@ -204,9 +213,9 @@ class DeviceModelThread(Runner):
         and only while no vCPU waits to run after this thread's turn (``reply_at``):
         this thread runs now, woken by an event nobody else waits on but that vCPU.
         """
-        env = self.env
-        if self.pool is None and end < env.peek() and self.reply_at != start:
-            env._now = end  # SimPy keeps its clock there
+        queue = self._queue
+        if self.pool is None and (not queue or end < queue[0][0]) and self.reply_at != start:
+            self.env._now = end  # SimPy keeps its clock there
             return True
         return False
 
@@ -220,6 +229,7 @@ class DeviceModelThread(Runner):
 
     def run(self) -> Process:
         env = self.env
+        queue = self._queue
         server = self.server
         fifo, pending, jobs = server.fifo, server.pending, server.jobs
         pool = self.pool
@@ -242,7 +252,7 @@ class DeviceModelThread(Runner):
                     # A register write (a context submission) needs a new PPGTT: XenGT
                     # shadows it, write-protecting its pages, before the write completes.
                     yield from jobs.popleft().run(self)
-                start = env.now
+                start = env._now
                 delay = service[trap.kind]()
                 end = start + delay  # what SimPy makes of a timeout of ``delay`` now
                 if not self.run_ahead(start, end):
@@ -252,7 +262,7 @@ class DeviceModelThread(Runner):
                 trap.t_served = end
                 # Notify back on the vCPU's event channel: its pCPU resumes it.
                 trap.vcpu.pcpu.reply(trap)
-                if env.peek() > end:
+                if not queue or queue[0][0] > end:
                     # Nothing else is due now (see "Saving zero-delay events" above), so
                     # the reply's event would come right after this one: the vCPU runs
                     # right after this thread's turn in the event that resumed it
@@ -302,6 +312,7 @@ class HypervisorCpu:
         self._before_ns: dict[tuple[str, int], float] = {}  # (kind, handlers checked) -> ns
         self._costs = c
         self._env = sim.env
+        self._queue = sim.env._queue  # type: ignore[attr-defined]  # see "Reading SimPy's clock"
         self._walk_ns = sim.visit_cost.walk_ns
         self._counters = sim.recorder.counters
         self._waiting = Wake(sim.env)  # what this pCPU's process waits on (``run``)
@@ -325,7 +336,8 @@ class HypervisorCpu:
         process woken only at the send (see "Saving zero-delay events" above).
         """
         now = trap.t_trap
-        next_due = self._env.peek()
+        queue = self._queue
+        next_due = queue[0][0] if queue else INF
         if next_due == now:
             # Another event is due now: it keeps its turn before the hand-off.
             self._handle_first = True
@@ -465,7 +477,7 @@ class Vcpu(Runner):
                 # The page's map failed (or was never made): the write does not trap.
                 counters.untracked_ppgtt_writes += 1
                 continue
-            trap = Trap(self, kind, access, env.now, env.event())
+            trap = Trap(self, kind, access, env._now, env.event())
             if exit_to_xen(trap):
                 # Blocked in Xen until the device model's reply (HypervisorCpu.reply).
                 yield trap.done
@@ -476,4 +488,4 @@ class Vcpu(Runner):
                         yield grant
                     trap.t_resumed = env.now + pcpu.resume_ns[access.kind]
             recorder.record(trap)
-            resume_delay = trap.t_resumed - env.now
+            resume_delay = trap.t_resumed - env._now

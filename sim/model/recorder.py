@@ -122,8 +122,9 @@ class RangeCountMeter:
         self.at_start = 0
 
     def update(self, value: int) -> None:
-        # Called after every map and unmap hypercall: max() spelled out, no calls.
-        now = self.env.now
+        # Called after every map and unmap hypercall: max() spelled out, no calls; SimPy's
+        # clock read directly (see sim/model/processes.py).
+        now = self.env._now
         start = self.start
         if now > start:
             last_t = self.last_t
