@@ -202,6 +202,21 @@ def test_bad_domain_is_exit_2(
     assert not list(tmp_path.glob(".fit*"))
 
 
+def test_a_tsc_rate_no_host_has_is_refused_at_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--cpu-hz has host.tsc_hz's range: a fit writes it there, and failed late before,
+    naming the scenario.yaml the user never wrote."""
+    cap = tmp_path / "io.bin"
+    cap.write_bytes(io_capture(traps=50))
+    out = tmp_path / "fit"
+    with pytest.raises(SystemExit) as exc:
+        main(["trace", "fit", str(cap), "--domain", "1", "--cpu-hz", "5M", "--out", str(out)])
+    assert exc.value.code == 2
+    assert "--cpu-hz" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_existing_out_dir_and_not_a_capture_are_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

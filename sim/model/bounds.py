@@ -76,7 +76,6 @@ MaxIoRanges = bounded(
     "[CODE] the BAR's own map needs one node (rangeset.c); 2^20 is above every live_pages "
     "bound; null means unlimited",
 )
-Cpus = bounded(int, 1, 4095, "[CODE] Xen's NR_CPUS is 1..4095 (xen/arch/Kconfig @RELEASE-4.12.0)")
 Vcpus = bounded(
     int,
     1,
@@ -103,7 +102,9 @@ RamMb = bounded(
     16 << 20,
     "[CODE] x86 HVM guests have less than 16 TiB (SUPPORT.md 'Guest Limits' @RELEASE-4.22.0)",
 )
-TscHz = bounded(float, 1e8, 1e11, "100 MHz to 100 GHz: any TSC rate a host has had")
+#: Any TSC rate a host has had: also the range of ``--cpu-hz`` (a capture's TSC rate).
+MIN_TSC_HZ, MAX_TSC_HZ = 1e8, 1e11
+TscHz = bounded(float, MIN_TSC_HZ, MAX_TSC_HZ, "100 MHz to 100 GHz: any TSC rate a host has had")
 MAX_GUESTS = 64  # gVirt ran 7 vGPUs per GPU, gScale 15 (cost-anchors §1.6)
 Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")]
 

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import Field
 
 from sim.inputs import StrictModel, bounded
+from sim.model.bounds import TscHz
 
 #: The scheduler's bounds are the hypervisor's own (public/sysctl.h @4.6).
 _SYSCTL = "the range XEN_SYSCTL_CSCHED_* and SCHED_RATELIMIT_MAX allow (public/sysctl.h @4.6)"
@@ -21,7 +22,6 @@ RateLimitUs = bounded(float, 0, 500_000, _SYSCTL)
 CacheShare = bounded(float, 0, 1, "a share of a cache", above_low=True)
 Pcpus = bounded(int, 1, 4096, "Xen 4.6's NR_CPUS ceiling on x86")
 Dom0Vcpus = bounded(int, 1, 512, "generous for a PV dom0 (HVM_MAX_VCPUS is 128)")
-TscHz = bounded(float, 1e8, 1e11, "100 MHz to 100 GHz: any TSC rate a host has had")
 
 
 def _bracket(low: float, high: float) -> Any:
