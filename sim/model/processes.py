@@ -43,6 +43,7 @@ from heapq import heappush
 from typing import TYPE_CHECKING, Any
 
 import simpy
+from simpy.core import Infinity  # what peek() returns when nothing is scheduled
 from simpy.events import NORMAL
 
 from sim.model.cpu import CpuPool, Runner
@@ -94,9 +95,6 @@ class Wake(simpy.Event):
         self._value = None
         heappush(env._queue, (when, NORMAL, next(env._eid), self))  # type: ignore[attr-defined]
 
-
-#: What SimPy's ``peek()`` returns when nothing is scheduled.
-INF = float("inf")
 
 # Reading SimPy's clock and heap. The hot paths below read SimPy 4's clock (``env._now``)
 # and event heap (``env._queue``, whose top is the next event due) directly: the ``now``
@@ -337,7 +335,7 @@ class HypervisorCpu:
         """
         now = trap.t_trap
         queue = self._queue
-        next_due = queue[0][0] if queue else INF
+        next_due = queue[0][0] if queue else Infinity
         if next_due == now:
             # Another event is due now: it keeps its turn before the hand-off.
             self._handle_first = True
