@@ -82,13 +82,6 @@ Vcpus = bounded(
     128,
     "[CODE] HVM_MAX_VCPUS = 128 (xen/include/public/hvm/hvm_info_table.h @RELEASE-4.6.0, line 35)",
 )
-Workers = bounded(
-    int,
-    1,
-    128,
-    "a vCPU has one request in flight and an HVM guest at most 128 vCPUs (HVM_MAX_VCPUS): "
-    "more threads can never all be busy",
-)
 Pages = bounded(
     int,
     0,
