@@ -10,10 +10,13 @@ lines 757, 928-968), ``hvmemul_do_io`` (emulate.c @RELEASE-4.9.0 lines 236-266).
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sim.xen.abi import PAGE_SHIFT, RangeType
 from sim.xen.ioreq import Access, Design, IoreqDomain, IoreqServer
 from sim.xen.memtypes import MemType
+from sim.xen.rangeset import RangesetImpl
 
 CLAIMING = ["4.9", "4.12", "master"]
 
@@ -160,3 +163,66 @@ def test_write_protect_convenience_per_design(version: str, design: Design) -> N
         assert not dom.is_write_protected(0x200)
     assert dom.unprotect_rc(gvt, 0x100, 0x100)[0] is None
     assert not dom.is_write_protected(0x100)
+
+
+# -- the flattened single-page path against the general one ------------------------------
+PROTECTOR_CASES = [
+    ("4.6", Design.XEN_46),
+    ("4.6", Design.WP_SPLIT),
+    ("4.9", Design.P2M_IOREQ_SERVER),
+    ("master", Design.P2M_IOREQ_SERVER),
+]
+
+protector_ops = st.lists(
+    st.tuples(
+        st.sampled_from(["protect", "protect", "unprotect", "unprotect", "destroy", "claim"]),
+        st.integers(0, 9),  # few frames: pages meet again, and neighbours merge
+    ),
+    max_size=60,
+)
+
+
+@pytest.mark.parametrize(("version", "design"), PROTECTOR_CASES)
+@given(ops=protector_ops, limit=st.integers(1, 6), impl=st.sampled_from(["list", "rbtree"]))
+@settings(max_examples=100, deadline=None)
+def test_page_protector_is_the_general_path(
+    version: str, design: Design, ops: list[tuple[str, int]], limit: int, impl: RangesetImpl
+) -> None:
+    """PageProtector.protect/unprotect give what write_protect_rc/unprotect_rc give on a
+    twin domain: the same errno, visits, p2m and ranges, under every design, at a small
+    node limit (ENOMEM), with pages protected twice (EEXIST/EINVAL), unprotected while not
+    protected (ENOENT), claims taken by another server (EBUSY) and the server destroyed
+    (ENOENT, the general way); the node counts are the page rangeset's before and after."""
+    fast_dom = IoreqDomain(design, impl, limit, version=version)
+    twin = IoreqDomain(design, impl, limit, version=version)
+    servers = []
+    for dom in (fast_dom, twin):
+        gvt = dom.create_server("gvt")
+        servers.append((gvt, dom.create_server("other")))
+    (gvt, other), (twin_gvt, twin_other) = servers
+    protector = fast_dom.page_protector(gvt)
+    rtype = RangeType.MEMORY if design is Design.XEN_46 else RangeType.WP_MEM
+
+    def nodes() -> int:
+        r = twin_gvt.rangesets.get(rtype) if design is not Design.P2M_IOREQ_SERVER else None
+        return 0 if r is None else len(r)
+
+    for op, gfn in ops:
+        if op == "destroy":
+            assert fast_dom.destroy_server_rc(gvt) == twin.destroy_server_rc(twin_gvt)
+            continue
+        if op == "claim":
+            if design is Design.P2M_IOREQ_SERVER:
+                assert fast_dom.claim_rc(other) == twin.claim_rc(twin_other)
+            continue
+        before = nodes()
+        if op == "protect":
+            got = protector.protect(gfn)
+            rc, visits = twin.write_protect_rc(twin_gvt, gfn, gfn)
+        else:
+            got = protector.unprotect(gfn)
+            rc, visits = twin.unprotect_rc(twin_gvt, gfn, gfn)
+        assert got == (rc, visits, before, nodes())
+        assert fast_dom.p2m == twin.p2m
+        for rt, r in gvt.rangesets.items():
+            assert r.ranges() == twin_gvt.rangesets[rt].ranges()

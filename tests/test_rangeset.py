@@ -624,6 +624,43 @@ class RangesetMachine(RuleBasedStateMachine):
             self.points -= set(range(s, e + 1))
 
     @rule(span=spans_universe)
+    def map_hypercall(self, span: Span) -> None:
+        """map_rc is the overlap check (one find_range(e)) then add_range (find_range(s),
+        find_range(e)): hvm.c @RELEASE-4.6.0 lines 1273-1277."""
+        s, e = span
+        overlaps = bool(set(range(s, e + 1)) & self.points)
+        needs_node = add_needs_node(runs_of(self.points), s, e)
+        full = not overlaps and self._expect_failure(needs_node)
+        expected = "EEXIST" if overlaps else "ENOMEM" if full else None
+        n = len(runs_of(self.points))
+        for rs in self.sets:
+            walks = rs.lookup_visits(e)
+            if not overlaps:
+                walks += rs.lookup_visits(s) + rs.lookup_visits(e)
+            rc, visits, before, after = rs.map_rc(s, e)
+            assert (rc, visits, before) == (expected, walks, n)
+        if expected is None:
+            self.points |= set(range(s, e + 1))
+        assert after == len(runs_of(self.points))
+
+    @rule(span=spans_universe)
+    def unmap_hypercall(self, span: Span) -> None:
+        """unmap_rc is the containment check (one find_range(s)) then remove_range (two
+        walks): hvm.c @RELEASE-4.6.0 lines 1325-1328."""
+        s, e = span
+        inside = any(a <= s and e <= b for a, b in runs_of(self.points))
+        full = inside and self._expect_failure(remove_needs_node(runs_of(self.points), s, e))
+        expected = "ENOENT" if not inside else "ENOMEM" if full else None
+        n = len(runs_of(self.points))
+        for rs in self.sets:
+            walks = 2 * rs.lookup_visits(s) + rs.lookup_visits(e) if inside else rs.lookup_visits(s)
+            rc, visits, before, after = rs.unmap_rc(s, e)
+            assert (rc, visits, before) == (expected, walks, n)
+        if expected is None:
+            self.points -= set(range(s, e + 1))
+        assert after == len(runs_of(self.points))
+
+    @rule(span=spans_universe)
     def lookups(self, span: Span) -> None:
         s, e = span
         window = set(range(s, e + 1))

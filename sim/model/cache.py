@@ -35,6 +35,8 @@ every structure (the model before issue #12; tests and sensitivity sweeps).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from sim.model.host import CpuCaches
 
 LINE_BYTES = 64
@@ -119,9 +121,12 @@ class VisitCost:
         path = self.tree_path(nodes)
         return path[visits] if visits <= MAX_DEPTH else path[-1] * visits / MAX_DEPTH
 
-    def walks_ns(self, visits: int, nodes: int, walks: int) -> float:
-        """``walks`` lookups that visit ``visits`` nodes between them (a hypercall's
-        ``find_range`` calls, which look up the same page and so walk alike)."""
+    def walks_pricer(self, walks: int) -> Callable[[int, int], float]:
+        """``price(visits, nodes)`` of ``walks`` lookups that visit ``visits`` nodes
+        between them (a hypercall's ``find_range`` calls, which look up the same page and
+        so walk alike). A list's visits, or flat-priced ones, cost the same wherever they
+        fall, so the pricing is :attr:`walk_ns` itself, bound once for every hypercall."""
+        walk_ns = self.walk_ns
         if walks <= 1 or self._flat is not None or self.impl == "list":
-            return self.walk_ns(visits, nodes)
-        return walks * self.walk_ns(round(visits / walks), nodes)
+            return walk_ns
+        return lambda visits, nodes: walks * walk_ns(round(visits / walks), nodes)

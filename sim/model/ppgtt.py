@@ -31,22 +31,11 @@ from sim.model.workload import FrameAllocator
 if TYPE_CHECKING:
     from sim.model.processes import DeviceModelThread
     from sim.model.simulation import GuestRuntime, Simulation
-    from sim.xen.rangeset import Rangeset
 
 #: Refusals found by the read-locked check alone (no write lock is taken).
 READ_ONLY_REFUSALS = frozenset({"EEXIST", "ENOENT", "EINVAL", "EBUSY"})
 #: find_range walks of a map or unmap: the check (read lock), then add/remove's two.
 WALKS = 3
-
-
-def _grown(rangeset: Rangeset | None, nodes_before: int) -> int:
-    """Nodes a hypercall added to (or, negative, removed from) the page rangeset.
-
-    The XenGT server's node count (the range-count meter's value) changes only through
-    the page rangeset during a run, so the meter follows it by this difference instead
-    of summing every rangeset of the server after each hypercall.
-    """
-    return (len(rangeset) if rangeset is not None else 0) - nodes_before
 
 
 class PpgttJob:
@@ -93,6 +82,11 @@ class PpgttLifecycle:
         self.env = sim.env
         self.counters = sim.recorder.counters
         self.visit_cost = sim.visit_cost
+        self._walks_ns = sim.visit_cost.walks_pricer(WALKS)
+        # One page per hypercall, for XenGT's server throughout: the core's flattened
+        # single-page path (sim.xen.memtypes.PageProtector).
+        protector = guest.domain.page_protector(guest.xengt)
+        self._protect, self._unprotect = protector.protect, protector.unprotect
         for slot in range(n_ppgtts):
             self.frames.restart_run()
             for _ in range(self.sizes[slot]):
@@ -115,7 +109,7 @@ class PpgttLifecycle:
         cost = self.visit_cost
         if rc in READ_ONLY_REFUSALS:
             return self.hypercall_ns + cost.walk_ns(visits, nodes)
-        walks = cost.walks_ns(visits, nodes, WALKS)
+        walks = self._walks_ns(visits, nodes)
         read_ns = walks / WALKS
         write_ns = walks - read_ns
         now = self.env._now  # SimPy's clock, read directly (see processes.py)
@@ -129,9 +123,7 @@ class PpgttLifecycle:
         gfn = self.frames.allocate()
         self.ppgtts[slot].append(gfn)
         g.live_pages.add(gfn)
-        rangeset = g.page_rangeset
-        nodes = len(rangeset) if rangeset is not None else 0
-        rc, visits = g.domain.write_protect_rc(g.xengt, gfn, gfn)
+        rc, visits, nodes, nodes_after = self._protect(gfn)
         counters.maps += 1
         if rc is not None:
             counters.failed_maps += 1
@@ -141,7 +133,10 @@ class PpgttLifecycle:
             return 0.0
         duration = self._duration(rc, visits, nodes)
         counters.hypercall_ns += duration
-        g.meter.update(g.meter.value + _grown(rangeset, nodes))
+        # The XenGT server's node count (the meter's value) changes only through the
+        # page rangeset during a run: follow that change rather than sum every set.
+        meter = g.meter
+        meter.update(meter.value + nodes_after - nodes)
         return duration
 
     def unmap_page(self, gfn: int) -> float:
@@ -150,15 +145,14 @@ class PpgttLifecycle:
         duration = 0.0
         if gfn in g.domain.p2m:  # write-protected (its map succeeded)
             counters = self.counters
-            rangeset = g.page_rangeset
-            nodes = len(rangeset) if rangeset is not None else 0
             counters.unmaps += 1
-            rc, visits = g.domain.unprotect_rc(g.xengt, gfn, gfn)
+            rc, visits, nodes, nodes_after = self._unprotect(gfn)
             if rc is not None:
                 counters.failed_unmaps += 1
             duration = self._duration(rc, visits, nodes)
             counters.hypercall_ns += duration
-            g.meter.update(g.meter.value + _grown(rangeset, nodes))
+            meter = g.meter
+            meter.update(meter.value + nodes_after - nodes)
         self.frames.release(gfn)
         return duration
 

@@ -266,11 +266,8 @@ class IoreqDomain(Routing, MemTypes):
         r, rc = self._rangeset_rc(server, rtype, s, e)
         if r is None:
             return rc, 0
-        _, overlaps, visits_s, visits_e = r.probe(s, e)
-        if overlaps:
-            return "EEXIST", visits_e
-        visits = visits_e + visits_s + visits_e
-        return (None if r.try_add_range(s, e) else "ENOMEM"), visits
+        rc, visits, _, _ = r.map_rc(s, e)
+        return rc, visits
 
     def unmap_io_range_rc(
         self, server: IoreqServer | int, rtype: RangeType, s: int, e: int
@@ -281,11 +278,8 @@ class IoreqDomain(Routing, MemTypes):
         r, rc = self._rangeset_rc(server, rtype, s, e)
         if r is None:
             return rc, 0
-        contains, _, visits_s, visits_e = r.probe(s, e)
-        if not contains:
-            return "ENOENT", visits_s
-        visits = visits_s + visits_s + visits_e
-        return (None if r.try_remove_range(s, e) else "ENOMEM"), visits
+        rc, visits, _, _ = r.unmap_rc(s, e)
+        return rc, visits
 
     def map_io_range(self, server: IoreqServer | int, rtype: RangeType, s: int, e: int) -> int:
         """:meth:`map_io_range_rc`, raising :class:`HypercallError`; returns the visits."""

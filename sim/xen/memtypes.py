@@ -39,6 +39,7 @@ from sim.xen.profiles import Design
 
 if TYPE_CHECKING:
     from sim.xen.ioreq import IoreqDomain, IoreqServer
+    from sim.xen.rangeset import Rangeset
 
 
 class MemType(StrEnum):
@@ -66,6 +67,8 @@ _MEMORY, _WP_MEM = RangeType.MEMORY, RangeType.WP_MEM
 _WRITE_DM = P2mType.WRITE_DM
 _TYPES_46 = (_RAM_RW, _MMIO_WRITE_DM)
 _TYPES_49 = (_RAM_RW, MemType.IOREQ_SERVER)
+#: The highest frame whose byte range [gfn << 12, (gfn + 1) << 12) fits in 64 bits.
+_MAX_GFN = (1 << (64 - PAGE_SHIFT)) - 1
 
 
 def mem_types_of(version_has_claim: bool) -> tuple[MemType, MemType]:
@@ -192,6 +195,10 @@ class MemTypes:
             return self.unmap_io_range_rc(server, _WP_MEM, first_gfn, last_gfn)
         return None, 0
 
+    def page_protector(self: IoreqDomain, server: IoreqServer | int) -> PageProtector:
+        """:class:`PageProtector`: single-page write protection for ``server``, flattened."""
+        return PageProtector(self, server)
+
     def write_protect(
         self: IoreqDomain, server: IoreqServer | int, first_gfn: int, last_gfn: int
     ) -> int:
@@ -216,3 +223,78 @@ class MemTypes:
 
     def is_write_protected(self: IoreqDomain, gfn: int) -> bool:
         return gfn in self.p2m
+
+
+class PageProtector:
+    """``write_protect_rc`` / ``unprotect_rc`` of one page for one server, in one call.
+
+    A PPGTT burst is hundreds of single-page hypercalls for the same server (the model
+    runs one per map or unmap, :mod:`sim.model.ppgtt`), so the by-id server lookup, the
+    dispatch per design and the bounds checks that every page frame passes are done once,
+    here; each page then costs one call into its rangeset (:meth:`Rangeset.map_rc`). Each
+    method returns ``(errno name or None, visits, nodes before, nodes after)``, the node
+    counts being those of the design's page rangeset (0 under p2m-ioreq-server, which has
+    none). What this cannot settle at once (a server destroyed since, a type claim still to
+    be made, a frame beyond 64 bits) goes the general way. ``tests/test_memtypes.py``
+    holds both methods to the general path under every design.
+    """
+
+    __slots__ = ("_domain", "_p2m", "_rangeset", "_server", "_shift")
+
+    def __init__(self, domain: IoreqDomain, server: IoreqServer | int) -> None:
+        target = domain.secondary(server)
+        if target is None:
+            raise ValueError(f"no live ioreq server {server!r} to protect pages for")
+        self._domain = domain
+        self._server = target
+        self._p2m = domain.p2m
+        design = domain.design
+        # XenGT on 4.6 maps byte addresses into MEMORY; wp-split maps frames into WP_MEM.
+        self._rangeset: Rangeset | None = (
+            None if design is _P2M else target.rangesets[_MEMORY if design is _XEN_46 else _WP_MEM]
+        )
+        self._shift = PAGE_SHIFT if design is _XEN_46 else 0
+
+    def _nodes(self) -> int:
+        return 0 if self._rangeset is None else len(self._rangeset)
+
+    def protect(self, gfn: int) -> tuple[str | None, int, int, int]:
+        """``write_protect_rc(server, gfn, gfn)``, with the page rangeset's node counts."""
+        r = self._rangeset
+        server = self._server
+        if r is not None and server.live and 0 <= gfn <= _MAX_GFN:
+            shift = self._shift
+            start = gfn << shift
+            result = r.map_rc(start, start + (1 << shift) - 1)
+            if result[0] is None:
+                # set_mem_type(mmio_write_dm) on one page: a page already of that type
+                # is refused with no change, so either way the page has it afterwards.
+                self._p2m[gfn] = _WRITE_DM
+            return result
+        if r is None and self._domain.p2m_claimer is server and gfn >= 0:
+            # set_mem_type(ioreq_server) on one page, its server holding the claim:
+            # RAM -> ioreq_server only (allow_p2m_type_change, dm.c @RELEASE-4.9.0
+            # lines 254-264), so a page that has the type already is -EINVAL.
+            p2m = self._p2m
+            if gfn in p2m:
+                return "EINVAL", 0, 0, 0
+            p2m[gfn] = _WRITE_DM
+            return None, 0, 0, 0
+        before = self._nodes()
+        rc, visits = self._domain.write_protect_rc(server, gfn, gfn)
+        return rc, visits, before, self._nodes()
+
+    def unprotect(self, gfn: int) -> tuple[str | None, int, int, int]:
+        """``unprotect_rc(server, gfn, gfn)``, with the page rangeset's node counts."""
+        r = self._rangeset
+        if r is not None and self._server.live and 0 <= gfn <= _MAX_GFN:
+            self._p2m.pop(gfn, None)  # set_mem_type(ram_rw) first, as unprotect_rc does
+            shift = self._shift
+            start = gfn << shift
+            return r.unmap_rc(start, start + (1 << shift) - 1)
+        if r is None and gfn >= 0:
+            self._p2m.pop(gfn, None)  # p2m-ioreq-server: the type change is all there is
+            return None, 0, 0, 0
+        before = self._nodes()
+        rc, visits = self._domain.unprotect_rc(self._server, gfn, gfn)
+        return rc, visits, before, self._nodes()

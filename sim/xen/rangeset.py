@@ -315,25 +315,58 @@ class Rangeset:
             return (k > 0 and ends[k - 1] >= e), (k + 1 if k < n else n)
         return (k > 0 and ends[k - 1] >= e), self._cost.visits(starts, ends, s, k)
 
-    def probe(self, s: int, e: int) -> tuple[bool, bool, int, int]:
-        """What a map or unmap hypercall needs, from two searches.
+    def _visits_at(self, addr: int, k: int) -> int:
+        """Cost of ``find_range(addr)``, where ``k`` ranges start at or below ``addr``."""
+        n = len(self._starts)
+        if self._is_list:
+            return k + 1 if k < n else n  # _ListCost.visits, inlined
+        return self._cost.visits(self._starts, self._ends, addr, k)
 
-        Returns ``(contains_range(s, e), overlaps_range(s, e), visits(s), visits(e))``,
-        where visits(x) is the cost of ``find_range(x)``. The caller guarantees
-        ``0 <= s <= e <= 2^64-1``.
+    def map_rc(self, s: int, e: int) -> tuple[str | None, int, int, int]:
+        """What ``map_io_range_to_ioreq_server`` does to this set, in one search.
+
+        Returns ``(errno name or None, visits, nodes before, nodes after)``. Under the
+        read lock the overlap check (``rangeset_overlaps_range``, one ``find_range(e)``)
+        refuses with ``EEXIST``; then ``rangeset_add_range`` walks twice
+        (``find_range(s)``, ``find_range(e)``) and may fail with ``ENOMEM`` (hvm.c
+        @RELEASE-4.6.0 lines 1273-1277; xen-semantics.md §6). The caller guarantees
+        ``0 <= s <= e <= 2^64-1``. The node counts let a caller price the walks by the
+        set's size and follow its growth without asking again.
         """
         starts, ends = self._starts, self._ends
-        ks = bisect_right(starts, s)
-        ke = bisect_right(starts, e)
-        if self._is_list:
-            # _ListCost.visits, inlined: this runs on every map and unmap hypercall.
-            n = len(starts)
-            visits_s = ks + 1 if ks < n else n
-            visits_e = ke + 1 if ke < n else n
-        else:
-            visits_s = self._cost.visits(starts, ends, s, ks)
-            visits_e = self._cost.visits(starts, ends, e, ke)
-        return ks > 0 and ends[ks - 1] >= e, ke > 0 and s <= ends[ke - 1], visits_s, visits_e
+        n = len(starts)
+        k = bisect_right(starts, e)
+        visits = self._visits_at(e, k)
+        if k > 0 and s <= ends[k - 1]:
+            return "EEXIST", visits, n, n
+        # No range meets [s, e], so none starts inside it: find_range(s) stops where
+        # find_range(e) does, after as many visits (under either structure).
+        if self._free == 0 and (k == 0 or ends[k - 1] + 1 != s):
+            # add_range() allocates before it merges right (try_add_range): a spent
+            # budget refuses a range with no left neighbour to merge into.
+            return "ENOMEM", 3 * visits, n, n
+        self.try_add_range(s, e)
+        return None, 3 * visits, n, len(starts)
+
+    def unmap_rc(self, s: int, e: int) -> tuple[str | None, int, int, int]:
+        """What ``unmap_io_range_from_ioreq_server`` does to this set, in one search.
+
+        Returns ``(errno name or None, visits, nodes before, nodes after)``: ``ENOENT``
+        unless ``[s, e]`` lies inside one range (``rangeset_contains_range``, one
+        ``find_range(s)``); then ``rangeset_remove_range`` walks twice and a split can
+        fail with ``ENOMEM`` (hvm.c @RELEASE-4.6.0 lines 1325-1328). The caller
+        guarantees ``0 <= s <= e <= 2^64-1``.
+        """
+        starts, ends = self._starts, self._ends
+        n = len(starts)
+        k = bisect_right(starts, s)
+        visits = self._visits_at(s, k)
+        if not (k > 0 and ends[k - 1] >= e):
+            return "ENOENT", visits, n, n
+        # [s, e] lies inside range k-1, so find_range(e) stops where find_range(s) does.
+        if not self.try_remove_range(s, e):
+            return "ENOMEM", 3 * visits, n, n
+        return None, 3 * visits, n, len(starts)
 
     def ranges(self) -> list[tuple[int, int]]:
         return list(zip(self._starts, self._ends, strict=True))
