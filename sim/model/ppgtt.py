@@ -48,13 +48,16 @@ class PpgttJob:
 
     def run(self, thread: DeviceModelThread) -> Process:
         env = self.lifecycle.sim.env
+        queue = env._queue  # type: ignore[attr-defined]  # SimPy's heap, as processes.py reads it
         busy = thread.busy
         pool = thread.pool
         for hypercall, arg in self.lifecycle.replace_steps(self.slot):
             start = env._now  # SimPy's clock, read directly (see processes.py)
             delay = hypercall(arg)
             end = start + delay  # what SimPy makes of a timeout of ``delay`` issued now
-            if not thread.run_ahead(start, end):
+            if pool is None and (not queue or end < queue[0][0]) and thread.reply_at != start:
+                env._now = end  # run ahead ("Running ahead" in processes.py)
+            else:
                 yield thread.waits_on(env.timeout(delay))
             busy.add(start, end)
             if pool is not None:

@@ -109,6 +109,17 @@ class Wake(simpy.Event):
 # order, and the event saved. When another event is due now, it keeps its turn: the
 # zero-delay event is scheduled as before.
 
+# Running ahead. A device-model thread that is about to wait ``end - start`` (a service,
+# a hypercall) would issue a timeout that is the next event when nothing else is due
+# before ``end``: it would resume at ``end`` with nothing having happened in between.
+# It moves SimPy's clock there instead (same times, same order, one event fewer: a
+# burst of hundreds of hypercalls costs a few events, a short service none). Only with
+# a dom0 vCPU of its own (no scheduler to consult) and only while no vCPU waits to run
+# after the thread's turn (``reply_at``): the thread runs now, woken by an event nobody
+# else waits on but that vCPU. The test, spelled out where a thread waits
+# (``DeviceModelThread.run``, ``PpgttJob.run``), is
+#     pool is None and (not queue or end < queue[0][0]) and thread.reply_at != start
+
 
 class DeviceModelServer:
     """The device model behind one ioreq server: its pending work and its threads."""
@@ -190,7 +201,7 @@ class DeviceModelThread(Runner):
         #: resumed, whoever is appended there runs right after its turn (``run``).
         self.waiters: list[Any] = []
         #: When a vCPU's reply was appended there: until that vCPU has run, the clock
-        #: must not move (``run_ahead``).
+        #: must not move (see "Running ahead" above).
         self.reply_at = -1.0
         self.sim.dm_threads.append(self)
         self.env.process(self.run())
@@ -199,23 +210,6 @@ class DeviceModelThread(Runner):
         """``yield self.waits_on(event)``: wait, remembering who resumes this thread."""
         self.waiters = event.callbacks  # type: ignore[assignment]
         return event
-
-    def run_ahead(self, start: float, end: float) -> bool:
-        """Move the clock from ``start`` (now) to ``end`` if nothing can happen meanwhile.
-
-        A timeout of ``end - start`` issued now would be the next event when nothing
-        else is due before ``end``: this thread would resume at ``end`` with nothing
-        having happened in between. The clock is moved there instead (same times, same
-        order, one event fewer: a burst of hundreds of hypercalls costs a few events, a
-        short service none). Only with a dom0 vCPU of its own (no scheduler to consult)
-        and only while no vCPU waits to run after this thread's turn (``reply_at``):
-        this thread runs now, woken by an event nobody else waits on but that vCPU.
-        """
-        queue = self._queue
-        if self.pool is None and (not queue or end < queue[0][0]) and self.reply_at != start:
-            self.env._now = end  # SimPy keeps its clock there
-            return True
-        return False
 
     def boundary(self) -> Process:
         """Between two pieces of work: give the dom0 vCPU to a waiter if credit would."""
@@ -253,7 +247,9 @@ class DeviceModelThread(Runner):
                 start = env._now
                 delay = service[trap.kind]()
                 end = start + delay  # what SimPy makes of a timeout of ``delay`` now
-                if not self.run_ahead(start, end):
+                if pool is None and (not queue or end < queue[0][0]) and self.reply_at != start:
+                    env._now = end  # run ahead (see above); SimPy keeps its clock there
+                else:
                     yield self.waits_on(env.timeout(delay))
                 busy.add(start, end)
                 self.served += 1
