@@ -50,6 +50,7 @@ class PpgttJob:
         env = self.lifecycle.sim.env
         queue = env._queue  # type: ignore[attr-defined]  # SimPy's heap, as processes.py reads it
         busy = thread.busy
+        window_start = busy.window_start
         pool = thread.pool
         for hypercall, arg in self.lifecycle.replace_steps(self.slot):
             start = env._now  # SimPy's clock, read directly (see processes.py)
@@ -59,7 +60,10 @@ class PpgttJob:
                 env._now = end  # run ahead ("Running ahead" in processes.py)
             else:
                 yield thread.waits_on(env.timeout(delay))
-            busy.add(start, end)
+            if start >= window_start:
+                busy.busy_ns += end - start  # Busy.add, inlined for a span in the window
+            else:
+                busy.add(start, end)
             if pool is not None:
                 # Back from a hypercall: where dom0's kernel may switch to another thread.
                 yield from thread.boundary()
@@ -143,30 +147,39 @@ class PpgttLifecycle:
         return duration
 
     def unmap_page(self, gfn: int) -> float:
+        """Unmap a write-protected page (its map succeeded) and free its frame."""
         g = self.guest
         g.live_pages.remove(gfn)
-        duration = 0.0
-        if gfn in g.domain.p2m:  # write-protected (its map succeeded)
-            counters = self.counters
-            counters.unmaps += 1
-            rc, visits, nodes, nodes_after = self._unprotect(gfn)
-            if rc is not None:
-                counters.failed_unmaps += 1
-            duration = self._duration(rc, visits, nodes)
-            counters.hypercall_ns += duration
-            meter = g.meter
-            meter.update(meter.value + nodes_after - nodes)
+        counters = self.counters
+        counters.unmaps += 1
+        rc, visits, nodes, nodes_after = self._unprotect(gfn)
+        if rc is not None:
+            counters.failed_unmaps += 1
+        duration = self._duration(rc, visits, nodes)
+        counters.hypercall_ns += duration
+        meter = g.meter
+        meter.update(meter.value + nodes_after - nodes)
         self.frames.release(gfn)
         return duration
+
+    def drop_page(self, gfn: int) -> None:
+        """Free the frame of a page whose map failed: there is nothing to unmap."""
+        self.guest.live_pages.remove(gfn)
+        self.frames.release(gfn)
 
     # -- a replacement, step by step ---------------------------------------------------
     def replace_steps(self, slot: int) -> Iterator[tuple[Callable[[int], float], int]]:
         """One ``(hypercall, argument)`` per hypercall: ``hypercall(argument)`` applies it
-        when called and returns its duration."""
+        when called and returns its duration. A page whose map failed is dropped between
+        hypercalls, with no hypercall of its own."""
         old, self.ppgtts[slot] = self.ppgtts[slot], []
         unmap, map_ = self.unmap_page, self.map_page
+        protected = self.guest.domain.p2m  # gfn -> p2m type, for write-protected pages
         for gfn in old:
-            yield unmap, gfn
+            if gfn in protected:
+                yield unmap, gfn
+            else:
+                self.drop_page(gfn)
         self.frames.restart_run()
         for _ in range(self.sizes[slot]):
             yield map_, slot
