@@ -24,6 +24,7 @@ from sim.bench import (
     peak_rss_mb,
     rangeset_lookup_s,
     run_bench,
+    timed_rounds_in_children,
     with_ranges,
 )
 from sim.cli import main
@@ -44,6 +45,13 @@ def test_measurements_run_on_tiny_sizes() -> None:
     assert rangeset_lookup_s(64, "rbtree", 200) > 0
     small = with_ranges(load_scenario(BDW), 64, "list")
     assert model_s_per_access(small, 300) > 0
+
+
+def test_timed_rounds_run_in_children() -> None:
+    """The model rate is timed in child processes from a string of code: run it."""
+    rt, model = timed_rounds_in_children(2, 1, 300)
+    assert rt > 0
+    assert model > 0
 
 
 def test_peak_rss_child_runs() -> None:
@@ -177,7 +185,7 @@ def test_callgrind_child_code_runs_and_prints_its_traps(kind: str) -> None:
 @pytest.fixture
 def cheap_bench(monkeypatch: pytest.MonkeyPatch) -> None:
     """run_bench with the timed parts replaced by constants (they have tests of their own)."""
-    monkeypatch.setattr(sim.bench, "minimal_round_trip_s", lambda n: 1e-5)
+    monkeypatch.setattr(sim.bench, "timed_rounds_in_children", lambda c, r, n: (1e-5, 2e-5))
     monkeypatch.setattr(sim.bench, "model_s_per_access", lambda sc, n: 2e-5)
     monkeypatch.setattr(sim.bench, "rangeset_lookup_s", lambda n, impl: 3e-7)
 
