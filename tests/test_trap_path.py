@@ -97,6 +97,36 @@ def test_a_lookup_waits_for_a_map_holding_the_write_lock() -> None:
     assert sim.recorder.counters.hypercall_ns == 7000 + 4000
 
 
+def test_a_page_whose_map_failed_takes_no_hypercall_to_replace() -> None:
+    """Two page-table pages under a node limit of 2 (the BAR holds one node of MEMORY):
+    the first page's map succeeds, the second's fails with -ENOMEM and the page stays
+    RAM (hvm.c @4.6 line 1277; rangeset.c's alloc_range). Replacing the PPGTT unmaps the
+    first page, one hypercall, and frees the second with none: XenGT never protected it.
+    Then each page of the new PPGTT is one map hypercall."""
+    scenario = load_scenario(
+        SMALL / "timeline.yaml",
+        [
+            ("xen.max_nr_io_ranges", 2),
+            ("guests[0].vgpu.ppgtt", {"live_pages": 2, "pages_per_ppgtt": 2}),
+        ],
+    )
+    sim = Simulation(scenario, base_dir=SMALL)
+    guest = sim.guests[0]
+    counters = sim.recorder.counters
+    assert (counters.maps, counters.failed_maps) == (2, 1)
+    protected, failed = guest.ppgtt.ppgtts[0]
+    assert guest.domain.is_write_protected(protected)
+    assert not guest.domain.is_write_protected(failed)
+    steps = []
+    for hypercall, arg in guest.ppgtt.replace_steps(0):
+        steps.append((hypercall.__name__, arg))
+        hypercall(arg)
+    assert steps == [("unmap_page", protected), ("map_page", 0), ("map_page", 0)]
+    assert (counters.unmaps, counters.maps) == (1, 4)
+    assert failed not in guest.live_pages
+    assert len(guest.live_pages) == 2
+
+
 # -- item 4: shared CPUs --------------------------------------------------------------
 def test_two_vcpus_on_one_pcpu_take_turns_running_guest_code() -> None:
     """vCPU0 runs guest code [0, 10000) while vCPU1 waits; vCPU0's exit takes X; vCPU1
