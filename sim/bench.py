@@ -268,10 +268,10 @@ def run_bench(
 ) -> dict[str, Any]:
     started = time.perf_counter()
     scenario = load_scenario(BDW)
-    # The model and its reference, in turn, in fresh processes (timed_rounds_in_children).
     n_model = 10_000 if quick else 30_000
     repeats = 5 if quick else 9
     figures: dict[str, Any] = {}
+    # The model and its reference, in turn, in fresh processes (timed_rounds_in_children).
     rt, model = timed_rounds_in_children(3 if quick else 5, 2 if quick else 3, n_model)
     figures["minimal_round_trip_us"] = rt * 1e6
     figures["model_us_per_access"] = model * 1e6
